@@ -1,0 +1,201 @@
+"""Tests of translators.losses: PatchNCE, hDCE (+ weights, gamma curriculum), rSMI / TS, LSGAN."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from translators.losses import (hdce_gamma, hdce_loss, hdce_weights, lsgan_loss, patchnce_loss,
+                                rsmi, ts_loss)
+from translators.networks import l2_normalize
+
+
+def _feats(n: int, c: int, seed: int) -> torch.Tensor:
+    return l2_normalize(torch.randn(n, c, generator=torch.Generator().manual_seed(seed)))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(sum(float(a[i]) * float(b[i]) for i in range(a.shape[0])))
+
+
+# --------------------------------------------------------------------------- PatchNCE
+def test_patchnce_matches_explicit_cross_entropy():
+    """3 patches x 4 channels, batch 1: logits [q_i.k_i, q_i.k_j (j != i), -10 at j = i] / tau."""
+    q, k, tau = _feats(3, 4, 0), _feats(3, 4, 1), 0.07
+    got = patchnce_loss(q, k, tau=tau, batch_size=1)
+    assert got.shape == (3,)
+    for i in range(3):
+        logits = [_dot(q[i], k[i]) / tau]
+        for j in range(3):
+            logits.append((-10.0 if j == i else _dot(q[i], k[j])) / tau)
+        expected = -logits[0] + math.log(sum(math.exp(v) for v in logits))
+        assert float(got[i]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_patchnce_negatives_stay_within_each_image():
+    q, k = _feats(6, 4, 2), _feats(6, 4, 3)
+    both = patchnce_loss(q, k, batch_size=2)
+    first = patchnce_loss(q[:3], k[:3], batch_size=1)
+    second = patchnce_loss(q[3:], k[3:], batch_size=1)
+    torch.testing.assert_close(both, torch.cat([first, second]))
+
+
+def test_patchnce_detaches_key():
+    q = _feats(8, 4, 4).requires_grad_(True)
+    k = _feats(8, 4, 5).requires_grad_(True)
+    patchnce_loss(q, k).mean().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert k.grad is None
+
+
+def test_patchnce_rejects_bad_batch():
+    with pytest.raises(ValueError, match="batch_size"):
+        patchnce_loss(_feats(7, 4, 0), _feats(7, 4, 1), batch_size=2)
+
+
+# --------------------------------------------------------------------------- hDCE
+def test_hdce_unit_weights_equal_decoupled_nce_by_hand():
+    q, k, tau = _feats(3, 4, 6), _feats(3, 4, 7), 0.1
+    for weights in (None, torch.ones(1, 3, 3)):
+        got = hdce_loss(q, k, weights=weights, tau=tau)
+        for i in range(3):
+            pos = _dot(q[i], k[i]) / tau
+            neg = math.log(sum(math.exp(_dot(q[i], k[j]) / tau) for j in range(3) if j != i))
+            assert float(got[i]) == pytest.approx(neg - pos, rel=1e-5, abs=1e-5)
+
+
+def test_hdce_forms_agree_for_unit_weights_and_differ_otherwise():
+    q, k = _feats(16, 8, 8), _feats(16, 8, 9)
+    ones = torch.ones(1, 16, 16)
+    torch.testing.assert_close(hdce_loss(q, k, ones, form="src"), hdce_loss(q, k, ones, form="paper"))
+    torch.testing.assert_close(hdce_loss(q, k, ones), hdce_loss(q, k, None))
+    w = hdce_weights(k, gamma=0.5)
+    assert not torch.allclose(hdce_loss(q, k, w, form="src"), hdce_loss(q, k, w, form="paper"))
+    with pytest.raises(ValueError, match="form"):
+        hdce_loss(q, k, w, form="nope")
+
+
+def test_hdce_gradient_differs_from_patchnce():
+    q0, k = _feats(16, 8, 10), _feats(16, 8, 11)
+    grads = []
+    for fn in (patchnce_loss, hdce_loss):
+        q = q0.clone().requires_grad_(True)
+        fn(q, k).mean().backward()
+        grads.append(q.grad)
+    assert torch.isfinite(grads[1]).all()
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_hdce_weights_match_row_max_normalised_softmax():
+    k, gamma = _feats(4, 3, 12), 0.5
+    w = hdce_weights(k, gamma=gamma)
+    assert w.shape == (1, 4, 4)
+    for i in range(4):
+        ex = [0.0 if j == i else math.exp(_dot(k[i], k[j]) / gamma) for j in range(4)]
+        total = sum(ex)
+        soft = [e / total for e in ex]
+        for j in range(4):
+            assert float(w[0, i, j]) == pytest.approx(soft[j] / max(soft), rel=1e-5, abs=1e-6)
+    assert torch.all(w.amax(-1) == 1)
+
+
+def test_hdce_weights_are_per_image_and_detached():
+    k = _feats(8, 4, 13).requires_grad_(True)
+    w = hdce_weights(k, gamma=1.0, batch_size=2)
+    assert w.shape == (2, 4, 4) and not w.requires_grad
+    torch.testing.assert_close(w[1:], hdce_weights(k[4:].detach(), gamma=1.0))
+
+
+def test_hdce_gamma_curriculum():
+    assert hdce_gamma(0, 400, gamma_start=50, gamma_end=10) == pytest.approx(50)
+    assert hdce_gamma(200, 400, gamma_start=50, gamma_end=10) == pytest.approx(30)
+    assert hdce_gamma(0.5, gamma_start=50, gamma_end=10) == pytest.approx(30)  # progress form
+    assert hdce_gamma(500, 400, gamma_start=50, gamma_end=10) == pytest.approx(10)  # clamped
+    assert hdce_gamma(201, 400, gamma_start=50, gamma_end=10, step_epoch=200) == pytest.approx(1)
+    assert hdce_gamma(123, 400) == 1.0  # SRC's argparse default: constant 1
+
+
+# --------------------------------------------------------------------------- rSMI / TS
+def _manifold_pair(seed: int, n: int = 256, d: int = 32, noise: float = 0.1, dependent: bool = True):
+    """x and y near 4-d manifolds in d dims; y depends on x's latent (or on an independent one)."""
+    g = torch.Generator().manual_seed(seed)
+    z, z2 = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    a, b = torch.randn(4, d, generator=g), torch.randn(4, d, generator=g)
+    x = torch.tanh(z @ a)
+    y = torch.tanh((z if dependent else z2) @ b) + noise * torch.randn(n, d, generator=g)
+    return l2_normalize(x), l2_normalize(y)
+
+
+def test_rsmi_near_zero_for_independent_and_positive_for_dependent():
+    indep, dep = [], []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(100 + seed)
+        x, y = torch.randn(256, 8, generator=g), torch.randn(256, 8, generator=g)
+        indep.append(float(rsmi(x, y)))
+        indep.append(float(rsmi(*_manifold_pair(seed, dependent=False))))
+        dep.append(float(rsmi(*_manifold_pair(seed, dependent=True))))
+    assert all(abs(v) < 0.05 for v in indep), indep
+    assert all(v > 0.15 for v in dep), dep
+    assert min(dep) > 5 * max(abs(v) for v in indep)
+
+
+def test_rsmi_grows_with_dependence_and_has_finite_gradient():
+    x, y_strong = _manifold_pair(7, noise=0.05)
+    _, y_weak = _manifold_pair(7, noise=1.0)
+    assert float(rsmi(x, y_strong)) > float(rsmi(x, y_weak)) > -0.03
+    x = x.clone().requires_grad_(True)
+    y = y_weak.clone().requires_grad_(True)
+    rsmi(x, y).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert y.grad.abs().sum() > 0
+
+
+def test_rsmi_options_and_errors():
+    x, y = _manifold_pair(3)
+    assert float(rsmi(x, y, sigma_x=0.5, sigma_y=0.5, n_centres=8, lam=0.1, lam_relative=False)) == pytest.approx(
+        float(rsmi(x, y, sigma_x=0.5, sigma_y=0.5, n_centres=8, lam=0.1, lam_relative=False)))
+    with pytest.raises(ValueError, match="paired"):
+        rsmi(x, y[:-1])
+    with pytest.raises(ValueError, match="alpha"):
+        rsmi(x, y, alpha=1.0)
+
+
+def test_ts_loss_is_minus_mean_rsmi_over_layers_and_images():
+    pairs = [_manifold_pair(s, n=64) for s in range(4)]
+    x = [torch.cat([pairs[0][0], pairs[1][0]]), torch.cat([pairs[2][0], pairs[3][0]])]
+    y = [torch.cat([pairs[0][1], pairs[1][1]]), torch.cat([pairs[2][1], pairs[3][1]])]
+    expected = -sum(float(rsmi(a, b)) for a, b in pairs) / 4
+    assert float(ts_loss(x, y, batch_size=2)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError):
+        ts_loss(x, y[:1])
+
+
+# --------------------------------------------------------------------------- LSGAN
+def test_lsgan_loss_targets_and_lists():
+    pred = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    assert float(lsgan_loss(pred, True)) == pytest.approx((1 + 0 + 1 + 4) / 4)
+    assert float(lsgan_loss(pred, False)) == pytest.approx((0 + 1 + 4 + 1) / 4)
+    assert float(lsgan_loss([pred, torch.ones(3)], True)) == pytest.approx(0.75)
+
+
+def test_rsmi_batched_matches_single_calls():
+    from translators.losses import rsmi_batched
+    pairs = [_manifold_pair(s, n=64) for s in range(3)]
+    batched = rsmi_batched(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+    torch.testing.assert_close(batched, torch.stack([rsmi(*p) for p in pairs]), rtol=1e-4, atol=1e-5)
+
+
+def test_minimising_ts_loss_creates_dependence():
+    """Gradient steps on -rSMI (the TS loss) w.r.t. free outputs raise rSMI from ~0 (independent)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=g)
+    y = torch.randn(128, 8, generator=g).requires_grad_(True)
+    with torch.no_grad():
+        start = float(rsmi(x, y))
+    opt = torch.optim.Adam([y], lr=0.05)
+    for _ in range(25):
+        opt.zero_grad()
+        ts_loss([x], [y]).backward()
+        opt.step()
+    assert abs(start) < 0.05 and float(rsmi(x, y.detach())) > start + 0.15

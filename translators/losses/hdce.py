@@ -1,0 +1,99 @@
+"""hDCE: decoupled InfoNCE with hard-negative reweighting (SRC/hDCE, Jung et al. CVPR 2022;
+SemST paper Eq. 7-9, "semantics-aided hard negative sampling").
+
+Decoupled contrastive loss (DCE, Yeh et al. 2022): the positive is removed from the denominator,
+
+    l_i = -log [ exp(q_i.k_i / tau) / sum_{j != i} w_ij-weighted exp(q_i.k_j / tau) ],
+
+with q = output (fake) patch embeddings, k = input (real) patch embeddings of the same image,
+k detached. Two ways to apply the hard-negative weights w_ij (``form``):
+
+* ``"src"`` (default; what the SRC code does, reference/translators.md 2.2): the weight scales the
+  similarity logit, ``exp(w_ij * q_i.k_j / tau)``.
+* ``"paper"`` (SemST Eq. 9 / Robinson et al. 2021): the weight scales the exponential,
+  ``w_ij * exp(q_i.k_j / tau)``. Since w is detached, any per-row rescaling of w (row-max or
+  sum normalisation) only shifts l_i by a constant and leaves the gradient unchanged.
+
+With all weights 1 both forms are plain DCE. The self term j = i is masked with -10 as in SRC
+(exp(-10/tau) ~ 1e-62 at tau = 0.07, i.e. excluded). Unlike SRC, which reports the coupled CE
+value and only takes the decoupled *gradient* (an exp(v - v.detach()) trick), the value returned
+here is the decoupled loss itself (it can be negative); its gradient is identical.
+
+Hard-negative weights (:func:`hdce_weights`, SRC ``models/SRC.py``, reference 2.3): from the
+**input-side** similarity S_ij = k_i.k_j (detached), w_ij = softmax_j(S_ij / gamma) divided by its
+row maximum, i.e. w_ij = exp((S_ij - max_{j'!=i} S_ij') / gamma) in (0, 1]; gamma = 1/beta of Eq. 7.
+The self term is excluded (w_ii = 0); SRC keeps a small w_ii that the loss masks anyway.
+"""
+from __future__ import annotations
+
+import torch
+
+from .patchnce import SELF_MASK, _check, patch_similarities
+
+FORMS = ("src", "paper")
+
+
+def hdce_gamma(epoch: float, total_epochs: float | None = None, gamma_start: float = 1.0,
+               gamma_end: float = 1.0, step_epoch: float | None = None,
+               step_gamma: float = 1.0) -> float:
+    """SRC's gamma curriculum (``--use_curriculum``, ``--step_gamma``; reference 2.3).
+
+    gamma = gamma_start + (gamma_end - gamma_start) * progress, with progress = epoch/total_epochs
+    (or ``epoch`` itself, read as a fraction in [0, 1], when ``total_epochs`` is None), clamped to
+    [0, 1]. If ``step_epoch`` is set and ``epoch > step_epoch`` (same unit as ``epoch``), gamma is
+    forced to ``step_gamma`` (SRC's Cityscapes recipe: 50 -> 10, then 1 after epoch 200).
+    With the defaults (1, 1) gamma is constant 1, SRC's argparse default."""
+    if total_epochs is not None and total_epochs <= 0:
+        raise ValueError(f"total_epochs must be positive, got {total_epochs}")
+    if step_epoch is not None and epoch > step_epoch:
+        return float(step_gamma)
+    progress = epoch / total_epochs if total_epochs is not None else epoch
+    progress = min(max(float(progress), 0.0), 1.0)
+    return float(gamma_start + (gamma_end - gamma_start) * progress)
+
+
+def hdce_weights(feat_k: torch.Tensor, gamma: float, batch_size: int = 1) -> torch.Tensor:
+    """Hard-negative weights (B, P, P) from input-side cosine similarity (SemST Eq. 7, beta=1/gamma).
+
+    ``feat_k``: (B*P, C) L2-normalised input-patch embeddings (detached here). Row i holds
+    w_ij = softmax_{j != i}(k_i.k_j / gamma) / max_j softmax(...) in (0, 1], and w_ii = 0."""
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    n, p, c = _check(feat_k, feat_k, batch_size)
+    if p < 2:
+        raise ValueError("hDCE needs at least 2 patches per image (one positive, >= 1 negative)")
+    with torch.no_grad():
+        k = feat_k.detach().float().reshape(batch_size, p, c)
+        sim = torch.bmm(k, k.transpose(1, 2))
+        eye = torch.eye(p, dtype=torch.bool, device=feat_k.device)
+        w = torch.softmax((sim / gamma).masked_fill(eye, float("-inf")), dim=-1)
+        w = w / w.amax(dim=-1, keepdim=True)
+    return w.to(feat_k.dtype)
+
+
+def hdce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor | None = None,
+              tau: float = 0.07, batch_size: int = 1, form: str = "src") -> torch.Tensor:
+    """Per-query hDCE loss (N,) (SemST Eq. 8-9; SRC ``PatchHDCELoss``). ``feat_k`` is detached.
+
+    ``weights``: (B, P, P) (or broadcastable) from :func:`hdce_weights`; None = all ones (plain
+    decoupled NCE). ``form``: ``"src"`` weights the logits, ``"paper"`` the exponentials."""
+    if form not in FORMS:
+        raise ValueError(f"hDCE form must be one of {FORMS}, got {form!r}")
+    feat_k = feat_k.detach()
+    l_pos, l_neg = patch_similarities(feat_q, feat_k, batch_size)
+    p = l_neg.shape[1]
+    if p < 2:
+        raise ValueError("hDCE needs at least 2 patches per image (one positive, >= 1 negative)")
+    eye = torch.eye(p, dtype=torch.bool, device=feat_q.device)
+    logits = l_neg / tau
+    if weights is not None:
+        if weights.dim() != 3 or weights.shape[-2:] != (p, p) or weights.shape[0] not in (1, batch_size):
+            raise ValueError(f"hDCE weights must be ({batch_size} or 1, {p}, {p}) (from hdce_weights); "
+                             f"got {tuple(weights.shape)}")
+        weights = weights.detach().to(l_neg.dtype)
+        if form == "src":
+            logits = (weights * l_neg) / tau
+        else:
+            logits = logits + torch.log(weights.clamp_min(0))  # log 0 = -inf drops a negative
+    logits = logits.masked_fill(eye, SELF_MASK / tau)
+    return torch.logsumexp(logits, dim=-1).reshape(-1) - l_pos / tau

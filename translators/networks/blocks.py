@@ -1,0 +1,147 @@
+"""Small building blocks shared by the translator networks.
+
+* :class:`BlurDownsample` / :class:`BlurUpsample`: CUT's anti-aliased resampling (Zhang 2019,
+  "Making convolutional networks shift-invariant again"), written from the description in
+  reference/translators.md 1.3: a fixed binomial [1,2,1] x [1,2,1] blur applied with stride 2 after
+  reflection padding, and a fixed [1,3,3,1] transposed-conv filter (replicate padding) for x2
+  upsampling. The filters are non-persistent buffers (not learnable, not in checkpoints).
+* :func:`make_norm`: the norm-layer factory (``"instance"`` = InstanceNorm2d(affine=False,
+  track_running_stats=False) as in CUT, ``"batch"``, ``"none"``).
+* :class:`ResnetBlock`: pad-conv3x3-norm-ReLU-pad-conv3x3-norm with an identity skip.
+* :func:`init_weights`: CUT/CycleGAN initialisation. Conv / Linear weights: ``normal`` N(0, gain),
+  ``xavier`` xavier_normal_(gain), ``kaiming`` kaiming_normal_(a=0, fan_in), ``orthogonal``
+  orthogonal_(gain); biases 0; BatchNorm weights N(1, gain), biases 0. CUT's default is xavier
+  with gain 0.02 (reference/translators.md 1.2, pitfall 8.4). Blur filters are buffers, untouched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("instance", "batch", "none")
+PADDINGS = ("reflect", "replicate", "zero")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """Return the normalisation layer named ``norm`` for ``channels`` feature maps."""
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def conv_bias(norm: str) -> bool:
+    """Convs feeding a BatchNorm need no bias; CUT keeps the bias before InstanceNorm(affine=False)."""
+    return norm != "batch"
+
+
+def make_pad(padding: str, size: int) -> nn.Module:
+    """Explicit padding layer (``"zero"`` -> ZeroPad2d) so convs themselves use padding=0."""
+    if padding == "reflect":
+        return nn.ReflectionPad2d(size)
+    if padding == "replicate":
+        return nn.ReplicationPad2d(size)
+    if padding == "zero":
+        return nn.ZeroPad2d(size)
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+
+
+def _binomial(size: int) -> torch.Tensor:
+    """1-D binomial filter of length ``size`` (row ``size-1`` of Pascal's triangle)."""
+    row = torch.ones(1, dtype=torch.float64)
+    for _ in range(size - 1):
+        row = torch.cat([row, torch.zeros(1, dtype=torch.float64)]) + torch.cat(
+            [torch.zeros(1, dtype=torch.float64), row])
+    return row
+
+
+class BlurDownsample(nn.Module):
+    """Anti-aliased stride-2 downsampling: reflect-pad, depthwise binomial blur, stride 2.
+
+    With the default 3-tap filter an even H maps to H/2 (CUT's ``Downsample``)."""
+
+    def __init__(self, channels: int, filt_size: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        taps = _binomial(filt_size)
+        kernel = torch.outer(taps, taps)
+        kernel = (kernel / kernel.sum()).float()
+        self.register_buffer("kernel", kernel.expand(channels, 1, filt_size, filt_size).clone(),
+                             persistent=False)
+        self.channels, self.stride = channels, stride
+        left = (filt_size - 1) // 2
+        self.pad = (left, filt_size - 1 - left, left, filt_size - 1 - left)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pad, mode="reflect")
+        return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=self.channels)
+
+
+class BlurUpsample(nn.Module):
+    """Anti-aliased x2 upsampling: replicate-pad by 1, transposed conv with the fixed separable
+    [1,3,3,1] filter (normalised to sum to stride**2), then crop to exactly 2H x 2W."""
+
+    def __init__(self, channels: int, filt_size: int = 4, stride: int = 2) -> None:
+        super().__init__()
+        if filt_size != 4 or stride != 2:
+            raise ValueError("BlurUpsample supports filt_size=4, stride=2 (CUT's setting) only")
+        taps = _binomial(filt_size)
+        kernel = torch.outer(taps, taps)
+        kernel = (kernel / kernel.sum() * stride ** 2).float()
+        self.register_buffer("kernel", kernel.expand(channels, 1, filt_size, filt_size).clone(),
+                             persistent=False)
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        # (H+2-1)*2 - 2*2 + 4 = 2H+2 rows; dropping the first and the last row/column gives 2H.
+        y = F.conv_transpose2d(x, self.kernel.to(x.dtype), stride=self.stride, padding=2,
+                               groups=self.channels)
+        return y[:, :, 1:-1, 1:-1]
+
+
+class ResnetBlock(nn.Module):
+    """ResNet block of the CUT/CycleGAN generator: ``x + conv-norm-ReLU-conv-norm(x)``."""
+
+    def __init__(self, channels: int, norm: str = "instance", padding: str = "reflect",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        bias = conv_bias(norm)
+        layers: list[nn.Module] = [make_pad(padding, 1), nn.Conv2d(channels, channels, 3, bias=bias),
+                                   make_norm(norm, channels), nn.ReLU(True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [make_pad(padding, 1), nn.Conv2d(channels, channels, 3, bias=bias),
+                   make_norm(norm, channels)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+
+def init_weights(module: nn.Module, init_type: str = "xavier", gain: float = 0.02) -> nn.Module:
+    """Initialise every Conv/Linear/BatchNorm inside ``module`` in place; returns ``module``."""
+    if init_type not in INIT_TYPES:
+        raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if init_type == "normal":
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module

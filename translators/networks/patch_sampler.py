@@ -1,0 +1,84 @@
+"""PatchSampleF: CUT's ``mlp_sample`` netF -- sample patch positions, embed, L2-normalise.
+
+For each tapped feature map (B, C, H, W) the same ``num_patches`` spatial positions are drawn for
+every image of the batch (as in CUT, reference/translators.md 1.5) with ``torch.randperm`` and
+embedded by a per-layer 2-layer MLP Linear(C, nc)-ReLU-Linear(nc, nc); every embedding is then
+divided by its L2 norm (+1e-7). Passing the returned ``patch_ids`` back in reuses the positions,
+so query (output) and key (input) embeddings are aligned patch by patch.
+
+Differences from CUT (by design): the MLPs are built eagerly from ``in_channels`` (CUT creates them
+lazily at the first forward pass), so optimisers and checkpoints need no dummy forward pass.
+Initialisation defaults to what CUT runs with (its ``init_type=xavier``, gain 0.02, biases 0);
+``init_type="normal"`` gives N(0, 0.02).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import init_weights
+
+
+def l2_normalize(x: torch.Tensor, dim: int = 1, eps: float = 1e-7) -> torch.Tensor:
+    """``x / (||x||_2 + eps)`` along ``dim`` (CUT's Normalize layer)."""
+    return x / (x.norm(p=2, dim=dim, keepdim=True) + eps)
+
+
+class PatchSampleF(nn.Module):
+    """Per-layer patch sampler + MLP projection head (the network F of CUT and SemST)."""
+
+    def __init__(self, in_channels: Sequence[int], nc: int = 256, use_mlp: bool = True,
+                 init_type: str = "xavier", init_gain: float = 0.02) -> None:
+        super().__init__()
+        self.in_channels = [int(c) for c in in_channels]
+        if not self.in_channels:
+            raise ValueError("PatchSampleF needs the channel count of at least one feature layer")
+        self.use_mlp, self.nc = use_mlp, nc
+        if use_mlp:
+            self.mlps = nn.ModuleList(
+                nn.Sequential(nn.Linear(c, nc), nn.ReLU(), nn.Linear(nc, nc)) for c in self.in_channels)
+            init_weights(self, init_type=init_type, gain=init_gain)
+        else:
+            self.mlps = nn.ModuleList(nn.Identity() for _ in self.in_channels)
+
+    def out_channels(self) -> list[int]:
+        """Embedding size per layer (``nc`` with the MLP, the input channels without)."""
+        return [self.nc] * len(self.in_channels) if self.use_mlp else list(self.in_channels)
+
+    def forward(self, feats: Sequence[torch.Tensor], num_patches: int = 256,
+                patch_ids: Sequence[torch.Tensor] | None = None,
+                generator: torch.Generator | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Embed ``num_patches`` positions per layer.
+
+        Returns ``(embeddings, patch_ids)``: embeddings[l] has shape (B*P, nc) ordered image-major
+        (rows b*P .. b*P+P-1 belong to image b) and L2-normalised rows; patch_ids[l] holds the P
+        flat positions (row-major over H x W) used for layer l. ``num_patches=0`` takes all
+        positions (P = H*W). Embeddings are float32 (also under autocast). Given ``patch_ids``
+        are reused instead of drawing new positions.
+        ``generator`` makes the draw reproducible (positions are drawn on its device)."""
+        if len(feats) != len(self.mlps):
+            raise ValueError(f"PatchSampleF was built for {len(self.mlps)} layers, got {len(feats)} feature maps")
+        if patch_ids is not None and len(patch_ids) != len(feats):
+            raise ValueError(f"got {len(patch_ids)} patch_ids for {len(feats)} feature maps")
+        out, ids_out = [], []
+        for l, (feat, mlp) in enumerate(zip(feats, self.mlps)):
+            b, c, h, w = feat.shape
+            if c != self.in_channels[l]:
+                raise ValueError(f"feature layer {l} has {c} channels, PatchSampleF expects {self.in_channels[l]}")
+            flat = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
+            if patch_ids is not None:
+                ids = patch_ids[l].to(feat.device)
+            elif num_patches > 0:
+                dev = generator.device if generator is not None else feat.device
+                ids = torch.randperm(h * w, generator=generator, device=dev)[: min(num_patches, h * w)]
+                ids = ids.to(feat.device)
+            else:
+                ids = torch.arange(h * w, device=feat.device)
+            sample = flat[:, ids, :].flatten(0, 1)  # (B*P, C)
+            # normalised in float32 so the 1e-7 eps survives autocast (fp16/bf16)
+            out.append(l2_normalize(mlp(sample).float(), dim=1))
+            ids_out.append(ids)
+        return out, ids_out
