@@ -1,0 +1,248 @@
+"""Translator methods (CUT, SemST): configs, crop alignment, fusion, tiling, feedback, NaN guard."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from translators.config import ConfigError, TranslatorConfig, load_config
+from translators.data import CropSpec, crop_image, resize
+from translators.feedback import SemanticFeedback, semantic_consistency_loss
+from translators.methods import NonFiniteLossError, build_method, tiled_apply
+from translators.methods.base import pad_to_multiple, tile_starts
+from translators.methods.semst import sample_window, window_grid
+from translators.train import make_adam
+
+CONFIGS = Path(__file__).resolve().parents[1] / "translators" / "configs"
+TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", "model.netF_nc=32", "model.scale_mid_channels=8",
+        "loss.nce_layers=[0,4,8,12,13]", "loss.num_patches=32", "data.crop=32", "data.local_crop=32",
+        "data.global_crop=16"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small convs are fastest single-threaded; with 2 OpenMP threads on a loaded 2-core machine
+    the spin-waiting threads make each step 20-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(method: str, *extra: str) -> TranslatorConfig:
+    return load_config(CONFIGS / f"{method}_tiny.yaml", TINY + list(extra))
+
+
+# ----------------------------------------------------------------------------- config
+def test_unknown_config_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_base_: " + str(CONFIGS / "cut_tiny.yaml") + "\nloss: {lambda_nce: 2.0}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'loss.lambda_nce'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.iterz'"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["train.iterz=3"])
+    with pytest.raises(ConfigError, match=r"'train.iters' must be an integer"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["train.iters=abc"])
+    with pytest.raises(ConfigError, match=r"loss.contrastive"):
+        load_config(CONFIGS / "semst_tiny.yaml", ["loss.contrastive=infonce"])
+    cfg = load_config(CONFIGS / "semst_tiny.yaml", ["train.lr=1e-4", "loss.nce_layers=[0,4]"])
+    assert cfg.train.lr == 1e-4 and cfg.loss.nce_layers == [0, 4]
+
+
+@pytest.mark.parametrize("path", sorted([*CONFIGS.glob("cut_*.yaml"), *CONFIGS.glob("semst_*.yaml")]),
+                         ids=lambda p: p.stem)
+def test_every_config_builds(path):
+    """Paper and tiny presets (and the Table 3 ablations) load and build their networks."""
+    cfg = load_config(path)
+    method = build_method(cfg)
+    groups = method.param_groups()
+    assert all(len(v) > 0 for v in groups.values())
+    if cfg.method == "semst":
+        assert cfg.loss.contrastive in ("hdce", "patchnce")
+        assert hasattr(method, "G_g") == cfg.semst.multiscale
+
+
+def test_semst_ablation_configs():
+    assert load_config(CONFIGS / "semst_paper_no_multiscale.yaml").semst.multiscale is False
+    assert load_config(CONFIGS / "semst_paper_patchnce.yaml").loss.contrastive == "patchnce"
+    assert load_config(CONFIGS / "semst_paper_ts0.yaml").loss.lambda_TS == 0.0
+    assert load_config(CONFIGS / "semst_paper.yaml").loss.lambda_TS == 2.0
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_window_grid_equals_upsample_then_crop():
+    torch.manual_seed(0)
+    m = torch.randn(2, 3, 16, 16)
+    box = torch.tensor([[5.0, 9.0, 32.0, 32.0], [0.0, 16.0, 32.0, 32.0]])
+    got = sample_window(m, window_grid(box, (16, 16)))
+    up = F.interpolate(m, size=(32, 32), mode="bilinear", align_corners=False)
+    want = torch.stack([up[0, :, 5:21, 9:25], up[1, :, 0:16, 16:32]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_semst_crops_lie_inside_their_window():
+    img = (torch.arange(64 * 128 * 3) % 251).reshape(64, 128, 3).to(torch.uint8).numpy()
+    spec = CropSpec(local=(16, 16), global_=(16, 16), ratio=2.0)
+    import numpy as np
+    out = crop_image(img, spec, np.random.default_rng(3), flip=False)
+    top, left, wh, ww = out["box"].tolist()
+    assert (wh, ww) == (32, 32) and 0 <= top <= 16 and 0 <= left <= 16
+    assert out["g"].shape == (3, 16, 16) and out["l"].shape == (3, 16, 16)
+
+
+def test_tiles_cover_and_weights_sum_to_one():
+    assert tile_starts(100, 32, 0.25) == [0, 24, 48, 68] and tile_starts(20, 32, 0.25) == [0]
+    x = torch.randn(1, 3, 37, 53)
+    for blend in ("mean", "linear"):
+        ones = tiled_apply(lambda t: torch.ones_like(t[:, :1]), x, tile=16, overlap=0.3, batch_size=3, blend=blend)
+        torch.testing.assert_close(ones, torch.ones(1, 1, 37, 53))
+    conv = nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_apply(conv, x, tile=16, overlap=0.25), conv(x), atol=1e-5, rtol=0)
+
+
+def test_tiling_reproduces_whole_image_within_receptive_field():
+    """Two 5x5 convs (receptive radius 4): tiles [0, 24) and [16, 40) of a 40-px image reproduce the
+    whole-image output exactly wherever only one tile covers a pixel and its receptive field lies
+    inside that tile; only the overlap band [16, 24) is an average of two tiles."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 3, 5, padding=2))
+    x = torch.randn(1, 3, 40, 40)
+    assert tile_starts(40, 24, 1 / 3) == [0, 16]
+    with torch.no_grad():
+        whole = net(x)
+        tiled = tiled_apply(net, x, tile=24, overlap=1 / 3, blend="mean")
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[16:24] = False
+    mask = keep[:, None] & keep[None, :]
+    torch.testing.assert_close(tiled[..., mask], whole[..., mask], atol=1e-5, rtol=0)
+    assert (tiled - whole).abs().max() < 1.0  # the band is a blend of two plausible outputs
+
+
+def test_cut_translate_keeps_any_size():
+    cfg = tiny("cut")
+    method = build_method(cfg).eval()
+    x = torch.rand(1, 3, 50, 70) * 2 - 1
+    with torch.inference_mode():
+        y = method.translate_full(x, tile=32, overlap=0.25, batch_size=2)
+        whole = method.translate(x)
+    assert y.shape == x.shape == whole.shape and torch.isfinite(y).all() and y.abs().max() <= 1
+
+
+class _PointwiseG(nn.Module):
+    """A 1x1-conv stand-in for G_l (no spatial context), so tiles == whole image exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, layers=None, encode_only=False):
+        return torch.tanh(self.conv(x))
+
+    def forward_with_features(self, x, layers):
+        y = self.forward(x)
+        return y, [x for _ in layers]
+
+
+def test_semst_training_fusion_matches_full_resolution_inference():
+    """Eq. 6 alignment: the fused local crop in training equals the same window of the
+    full-resolution inference output when the global window covers the whole image."""
+    cfg = tiny("semst", "loss.nce_idt=false")
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()
+    method.G_l = _PointwiseG()
+    img = torch.rand(1, 3, 32, 32) * 2 - 1           # = the global window (16 * ratio 2)
+    top, left, size = 8, 12, 16                        # a local crop inside the window
+    batch = {"A_l": img[..., top:top + size, left:left + size], "A_g": resize(img, (16, 16)),
+             "A_box": torch.tensor([[top, left, 32.0, 32.0]])}
+    with torch.no_grad():
+        state = method.forward_translation(batch)
+        full = method.translate_full(img, tile=16, overlap=0.5)
+    torch.testing.assert_close(state["fused"], full[..., top:top + size, left:left + size], atol=1e-5, rtol=0)
+    assert 0 < state["m_win"].min() and state["m_win"].max() < 1
+
+
+def test_pad_to_multiple_restores_size():
+    f = pad_to_multiple(lambda t: t * 2)
+    x = torch.randn(1, 3, 17, 30)
+    torch.testing.assert_close(f(x), x * 2)
+
+
+# ----------------------------------------------------------------------------- feedback
+class _TinySegmenter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+
+    def predict_logits(self, images):  # float RGB in [0, 255], like segmenters.loader
+        return self.net(images / 255.0 - 0.5)
+
+
+def test_feedback_loss_zero_positive_and_gradient_reaches_g_only():
+    torch.manual_seed(0)
+    seg = _TinySegmenter()
+    fb = SemanticFeedback(seg.predict_logits, seg, weight=0.1)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert fb(x, x.clone()).item() == pytest.approx(0.0, abs=1e-10)
+    g = nn.Conv2d(3, 3, 3, padding=1)
+    loss = fb(x, torch.tanh(g(x)))
+    assert loss.item() > 0
+    loss.backward()
+    assert g.weight.grad is not None and g.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in seg.parameters())
+    assert not seg.training
+    a, b = torch.randn(1, 5, 4, 4), torch.randn(1, 5, 4, 4)
+    assert semantic_consistency_loss(a, a * 3 + 1).item() == pytest.approx(0.0, abs=1e-6)  # IN-invariant
+    assert semantic_consistency_loss(a, b).item() > 0
+
+
+# ----------------------------------------------------------------------------- train step
+def _batch(method, n=1):
+    torch.manual_seed(1)
+    spec = method.crop_spec()
+    out = {"A_l": torch.rand(n, 3, *spec.local) * 2 - 1, "B_l": torch.rand(n, 3, *spec.local) * 2 - 1}
+    if spec.global_ is not None:
+        out.update(A_g=torch.rand(n, 3, *spec.global_) * 2 - 1, B_g=torch.rand(n, 3, *spec.global_) * 2 - 1,
+                   A_box=torch.tensor([[0.0, 0.0, 32.0, 32.0]] * n), B_box=torch.tensor([[0.0, 0.0, 32.0, 32.0]] * n))
+    return out
+
+
+@pytest.mark.parametrize("method_name,extra", [("cut", []), ("semst", []),
+                                               ("semst", ["semst.multiscale=false", "loss.contrastive=patchnce"]),
+                                               ("semst", ["semst.gan_on=[fused,local,global]", "loss.lambda_TS=0"])])
+def test_train_step_updates_all_networks(method_name, extra):
+    cfg = tiny(method_name, *extra)
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    opts = {k: make_adam(p, 2e-4, (0.5, 0.999)) for k, p in method.param_groups().items()}
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    logs, _ = method.train_step(_batch(method, 2), 0.1, opts, torch.amp.GradScaler("cpu", enabled=False))
+    assert all(v == v for v in logs.values()) and "NCE" in logs
+    if cfg.loss.lambda_TS > 0:
+        assert "TS" in logs
+    changed = {k.split(".")[0] for k, v in method.state_dict().items() if not torch.equal(v, before[k])}
+    expected = {"G", "F", "D"} if method_name == "cut" else (
+        {"G_l", "F_l", "D"} | ({"G_g", "F_g", "S"} if cfg.semst.multiscale else set())
+        | ({"D_g"} if "global" in cfg.semst.gan_on else set()))
+    assert changed == expected
+
+
+def test_nan_loss_raises_before_any_update(monkeypatch):
+    cfg = tiny("cut")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    opts = {k: make_adam(p, 2e-4, (0.5, 0.999)) for k, p in method.param_groups().items()}
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    orig = type(method).generator_loss
+
+    def nan_loss(self, *a, **k):
+        total, logs = orig(self, *a, **k)
+        return total * float("nan"), logs
+    monkeypatch.setattr(type(method), "generator_loss", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="'G'"):
+        method.train_step(_batch(method), 0.0, opts, torch.amp.GradScaler("cpu", enabled=False))
+    changed = [k for k, v in method.state_dict().items() if not torch.equal(v, before[k])]
+    assert all(k.startswith("D.") for k in changed)  # D had its (finite) step; G and F untouched

@@ -1,0 +1,93 @@
+"""Command line: ``python -m translators {train,refine} ...`` (see README / --help).
+
+Exit codes: 0 ok, 2 bad input (config, data, checkpoint), 3 training diverged (NaN/Inf loss).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from translators.checkpoint import CheckpointError
+from translators.config import ConfigError, load_config
+from translators.data import DataError
+from translators.feedback import FeedbackError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m translators", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a translator (CUT, SemST) on unpaired source/target images")
+    t.add_argument("--config", required=True, help="YAML config, e.g. translators/configs/semst_tiny.yaml")
+    t.add_argument("--source", required=True, help="prepared dataset root (data/prepared/<name>) or image folder")
+    t.add_argument("--target", required=True, help="prepared dataset root or image folder")
+    t.add_argument("--out", required=True, help="run folder, e.g. results/runs/<pair>/<translator>/r0")
+    t.add_argument("--source-split", default="train")
+    t.add_argument("--target-split", default="train")
+    t.add_argument("--iters", type=int, help="total iterations (overrides train.iters)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set loss.lambda_TS=1 (repeatable)")
+    t.add_argument("--init", help="initialise G/F/D (and the scale head) from a previous round's final.pt")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    t.add_argument("--stop-after", type=int, help="stop after this step (checkpoint, no final.pt); resume later")
+    t.add_argument("--device", help="auto | cpu | cuda[:i] (overrides train.device)")
+    t.add_argument("--feedback-segmenter", help="segmenter checkpoint for the semantic-consistency loss")
+    t.add_argument("--feedback-weight", type=float, default=0.1, help="weight of that loss (BDL: 0.1)")
+    t.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
+
+    r = sub.add_parser("refine", help="translate every source image at full resolution")
+    r.add_argument("--checkpoint", required=True, help="a final.pt written by `train`")
+    r.add_argument("--source", required=True, help="prepared dataset root or image folder")
+    r.add_argument("--split", default="train")
+    r.add_argument("--out", required=True, help="e.g. data/refined/<pair>/<translator>/r<k>")
+    r.add_argument("--batch-size", type=int, help="tiles per forward pass (default refine.batch_size)")
+    r.add_argument("--tile-overlap", type=float, help="fractional tile overlap (default refine.tile_overlap)")
+    r.add_argument("--tile", type=int, help="tile side (default refine.tile or the training crop)")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("translators")
+    from translators.train import TrainingDiverged  # after logging setup (imports torch)
+    try:
+        if args.command == "train":
+            from translators.train import train
+            overrides = list(args.overrides)
+            if args.iters is not None:
+                overrides.append(f"train.iters={args.iters}")
+            if args.device:
+                overrides.append(f"train.device={args.device}")
+            cfg = load_config(args.config, overrides)
+            feedback = None
+            if args.feedback_segmenter:
+                from translators.feedback import load_feedback
+                from translators.train import resolve_device
+                feedback = load_feedback(args.feedback_segmenter, args.feedback_weight,
+                                         resolve_device(cfg.train.device))
+            res = train(cfg, args.source, args.target, args.out, source_split=args.source_split,
+                        target_split=args.target_split, seed=args.seed, init=args.init, resume=args.resume,
+                        feedback=feedback, stop_after=args.stop_after, show_progress=not args.no_progress)
+            log.info("step %d, finished=%s, out=%s", res.step, res.finished, res.out)
+        else:
+            from translators.refine import refine
+            res = refine(args.checkpoint, args.source, args.out, split=args.split, batch_size=args.batch_size,
+                         tile_overlap=args.tile_overlap, tile=args.tile, device=args.device,
+                         show_progress=not args.no_progress)
+            log.info("%d images: %d written, %d already done", res.total, res.written, res.skipped)
+    except (ConfigError, DataError, CheckpointError, FeedbackError) as err:
+        log.error("%s", err)
+        return 2
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
