@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m workflow.demo --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" CORES=$(CORES) bash workflow/scripts/demo.sh
 
 data: $(STAMP)
 	$(BIN)/python -m domains.minicity --out data/raw/minicity

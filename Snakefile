@@ -1,0 +1,47 @@
+# Two-stage UDA pipeline for street-scene segmentation (DESIGN.md): data -> translator -> refined
+# source set -> segmenter (UDA) -> pseudo-labels -> next round, until target mIoU stops improving.
+# Targets: results/<pair>_<uda>_<translator>.csv, e.g.
+#   snakemake --cores 2 --profile workflow/profiles/default results/minicity_bdl_semst.csv
+# Rules are thin calls of the package CLIs (python -m domains|translators|segmenters ...).
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+# The stage CLIs run this repository's packages (also on cluster nodes and when the package is
+# not pip-installed): the repository goes first on PYTHONPATH of every shell command.
+shell.prefix(SHELL_PREFIX)
+
+
+wildcard_constraints:
+    **WILDCARDS,
+
+
+report: "workflow/report/workflow.rst"
+
+
+localrules:
+    all,
+
+
+rule all:
+    default_target: True
+    input:
+        default_targets,
+    log:
+        "logs/all.log",
+    conda:
+        "environment.yml"
+    shell:
+        "echo built: {input} > {log}"
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/translate.smk"
+include: "workflow/rules/refine.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/pseudolabel.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,7 @@
+"""Pure helpers of the Snakemake workflow (no ML logic, no Snakemake imports).
+
+Kept out of the Snakefile so they are unit-testable: config loading and name checks
+(:mod:`wflib.pipeline_config`), round decisions (:mod:`wflib.rounds`), source hashing
+(:mod:`wflib.codehash`), resumable launching (:mod:`wflib.launch`) and figures
+(:mod:`wflib.figures`). The stage packages (domains, segmenters, translators) never import this.
+"""

@@ -1,0 +1,27 @@
+# Offline pseudo-labels on the target train split, predicted by segmenter j and consumed by round
+# j + 1 (data/pseudo/<pair>/<uda>_<translator>/r<j>: PNGs + confidences.h5 + meta.json, last).
+
+
+rule pseudolabel:
+    input:
+        unpack(pseudolabel_input),
+    output:
+        "data/pseudo/{pair}/{uda}_{translator}/r{k}/meta.json",
+    params:
+        python=PYTHON,
+        out=lambda wc, output: os.path.dirname(output[0]),
+        flags=pseudolabel_flags,
+        code=CODE["segment"],
+    threads: threads_for("pseudolabel")
+    resources:
+        mem_mb=resource("pseudolabel", "mem_mb"),
+        runtime=resource("pseudolabel", "runtime"),
+    log:
+        "logs/{pair}/pseudolabel/{uda}_{translator}_r{k}.log",
+    benchmark:
+        "results/benchmarks/{pair}/pseudolabel/{uda}_{translator}_r{k}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.python} -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}"
+        " --out {params.out} {params.flags} > {log} 2>&1"

@@ -1,0 +1,97 @@
+# Final per-round table + mIoU plot, translated sample grids and pseudo-label examples (all marked
+# for `snakemake --report`).
+
+
+localrules:
+    final_table,
+    sample_grid,
+    pseudo_grid,
+
+
+rule final_table:
+    """results/<pair>_<uda>_<translator>.csv: one row per round, per-class IoU, means, best flag."""
+    input:
+        unpack(final_table_input),
+    output:
+        table=report(
+            "results/{pair}_{combo}.csv",
+            caption="../report/final_table.rst",
+            category="Results",
+            subcategory="{pair}",
+            labels={"run": "{pair}_{combo}", "figure": "per-round table"},
+        ),
+        plot=report(
+            "results/plots/{pair}_{combo}_miou.png",
+            caption="../report/miou_plot.rst",
+            category="Results",
+            subcategory="{pair}",
+            labels={"run": "{pair}_{combo}", "figure": "mIoU per round"},
+        ),
+    params:
+        stages=stage_descriptions,
+        rounds=rounds_param,
+        code=CODE["report"],
+    resources:
+        mem_mb=resource("report", "mem_mb"),
+        runtime=resource("report", "runtime"),
+    log:
+        "logs/{pair}/report/{combo}_table.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/final_table.py"
+
+
+rule sample_grid:
+    """Source images next to their refined versions (first rows of a refined set)."""
+    input:
+        manifest="data/refined/{pair}/{tag}/r{k}/manifest.json",
+        src=lambda wc: source_dir(wc.pair),
+    output:
+        report(
+            "results/plots/{pair}/{tag}/r{k}/samples.png",
+            caption="../report/samples.rst",
+            category="Translated samples",
+            subcategory="{pair}",
+            labels={"set": "{tag}", "round": "r{k}"},
+        ),
+    params:
+        n=4,
+        code=CODE["report"],
+    resources:
+        mem_mb=resource("report", "mem_mb"),
+        runtime=resource("report", "runtime"),
+    log:
+        "logs/{pair}/report/{tag}_r{k}_samples.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/sample_grid.py"
+
+
+rule pseudo_grid:
+    """Target images, their pseudo-labels and ground truth (first rows of a pseudo-label set)."""
+    input:
+        meta="data/pseudo/{pair}/{tag}/r{k}/meta.json",
+        tgt=lambda wc: target_dir(wc.pair),
+    output:
+        report(
+            "results/plots/{pair}/{tag}/r{k}/pseudo.png",
+            caption="../report/pseudo.rst",
+            category="Pseudo-labels",
+            subcategory="{pair}",
+            labels={"run": "{tag}", "from segmenter": "r{k}"},
+        ),
+    params:
+        n=4,
+        split=lambda wc: pair_cfg(wc.pair)["pseudolabel"]["split"],
+        code=CODE["report"],
+    resources:
+        mem_mb=resource("report", "mem_mb"),
+        runtime=resource("report", "runtime"),
+    log:
+        "logs/{pair}/report/{tag}_r{k}_pseudo.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/pseudo_grid.py"

@@ -1,0 +1,19 @@
+"""Snakemake script of rule final_table: per-round table (CSV) and mIoU plot (wflib.table, wflib.figures)."""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+
+from wflib.figures import miou_plot  # noqa: E402
+from wflib.pipeline_config import parse_combo  # noqa: E402
+from wflib.table import final_table, write_csv_atomic  # noqa: E402
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821
+sm = snakemake  # noqa: F821
+uda, translator = parse_combo(sm.wildcards.combo, sm.config)
+table = final_table(sm.input.rounds, sm.params.stages, sm.params.rounds, sm.wildcards.pair, uda, translator)
+write_csv_atomic(table, sm.output.table)
+miou_plot(table, sm.output.plot, f"{sm.wildcards.pair}: {uda} + {translator}")
+logging.info("wrote %s (%d rounds, best round %s)", sm.output.table, len(table), int(table.loc[table.best, "round"].iloc[0]))

@@ -1,0 +1,15 @@
+"""Snakemake script of rule sample_grid: source vs refined images (wflib.figures.sample_grid)."""
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+
+from wflib.figures import sample_grid  # noqa: E402
+
+sm = snakemake  # noqa: F821
+logging.basicConfig(filename=sm.log[0], level=logging.INFO)
+sample_grid(sm.input.src, os.path.dirname(sm.input.manifest), sm.output[0], n=sm.params.n)
+logging.info("wrote %s", sm.output[0])
