@@ -86,4 +86,12 @@ uda = dict(
     d_optimizer=dict(type="Adam", lr=1e-4, betas=(0.9, 0.99)),   # same poly schedule as the segmenter
     lambda_pseudo=1.0,           # weight of the target pseudo-label cross-entropy (BDL SSL)
     pseudo_threshold=0.9,        # BDL: confidence threshold for pseudo-labels
+    # method sections (defaults live in the method modules; set keys here or with
+    # --cfg-options "uda.sepico={'contrast_mode': 'proto'}")
+    sepico=dict(),
+    ldr=dict(),
+    vgg19_weights=None,
 )
+
+# mixed precision (AmpOptimWrapper) when training on CUDA; ignored on CPU
+amp = True

@@ -70,4 +70,12 @@ uda = dict(
     d_optimizer=dict(type="Adam", lr=1e-4, betas=(0.9, 0.99)),
     lambda_pseudo=1.0,
     pseudo_threshold=0.9,
+    # method sections (defaults live in the method modules; set keys here or with
+    # --cfg-options "uda.sepico={'contrast_mode': 'proto'}")
+    sepico=dict(),
+    ldr=dict(),
+    vgg19_weights=None,
 )
+
+# mixed precision (AmpOptimWrapper) when training on CUDA; ignored on CPU
+amp = True
