@@ -199,3 +199,20 @@ def test_minimising_ts_loss_creates_dependence():
         ts_loss([x], [y]).backward()
         opt.step()
     assert abs(start) < 0.05 and float(rsmi(x, y.detach())) > start + 0.15
+
+
+def test_rsmi_batched_survives_thread_count_changes():
+    """MKL's batched LU fails at 256x256 after set_num_threads changes; the SPD solve must not."""
+    from translators.losses.rsmi import rsmi_batched
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.set_num_threads(2)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3, 128, 8, generator=g)
+        y = x + 0.1 * torch.randn(3, 128, 8, generator=g)
+        values = rsmi_batched(x, y, n_centres=16)  # 16 x 16 = 256 basis functions
+        assert torch.isfinite(values).all() and (values > 0).all()
+    finally:
+        torch.set_num_threads(before)

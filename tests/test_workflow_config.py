@@ -46,7 +46,7 @@ def test_schema_errors_name_the_key(tmp_path, override, key):
 @pytest.mark.parametrize("target, message", [
     ("results/foo_bdl_semst.csv", "pair 'foo' is not defined"),
     ("results/minicity_xyz_semst.csv", "config key 'uda'"),
-    ("results/minicity_sepico_semst.csv", "planned but not implemented yet (config key 'uda.sepico.status'"),
+    ("results/minicity_proda_semst.csv", "planned but not implemented yet (config key 'uda.proda.status'"),
     ("results/minicity_bdl_ldr.csv", "config key 'translators.ldr.status'"),
     ("results/gta2cs_bdl_none.csv", "config key pairs.gta2cs.target.raw"),
 ])

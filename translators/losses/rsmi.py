@@ -7,7 +7,7 @@ the relative density ratio p(x)p(y) / (alpha p(x)p(y) + (1 - alpha) p(x, y)) (re
 
     h = E_{p(x)p(y)}[phi]                               (product-of-marginals mean; SCC's h)
     H = alpha E_{p(x)p(y)}[phi phi^T] + (1 - alpha) E_{p(x,y)}[phi phi^T]
-    theta = (H + lam I)^{-1} h    (torch.linalg.solve, never an explicit inverse)
+    theta = (H + lam I)^{-1} h    (Cholesky solve, never an explicit inverse)
     rSMI = 2 theta^T h - theta^T H theta - 1            (SemST Eq. 3 = 2 x rPE_alpha)
 
 Basis (a product grid of centres, like SCC's 9 x 9 grid): phi_ab(x, y) = K(x, u_a) L(y, v_b),
@@ -77,6 +77,25 @@ def _gauss(d2: torch.Tensor, sigma: float | torch.Tensor | None) -> torch.Tensor
     return torch.exp(-d2 / (2.0 * sig.reshape(-1, 1, 1) ** 2))
 
 
+def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve A theta = b for a batch of symmetric positive-definite A (G, n, n), b (G, n).
+
+    Cholesky first: it is the right factorisation for the ridge-regularised moment matrix, and
+    MKL's batched LU (``torch.linalg.solve``) fails for n >= 256 after ``torch.set_num_threads``
+    has been changed in the process ("Pivots given to lu_solve must all be greater or equal to 1",
+    seen with torch 2.14 on CPU). Groups whose matrix is not numerically positive-definite fall back
+    to a per-matrix LU solve. Never an explicit inverse.
+    """
+    chol, info = torch.linalg.cholesky_ex(A)
+    theta = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+    bad = (info != 0).nonzero().flatten().tolist()
+    if bad:
+        theta = theta.clone()
+        for g in bad:
+            theta[g] = torch.linalg.solve(A[g], b[g])
+    return theta
+
+
 def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
                  sigma_x: float | None = None, sigma_y: float | None = None,
                  n_centres: int | None = None, lam_relative: bool = True) -> torch.Tensor:
@@ -115,7 +134,7 @@ def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: floa
             ridge = lam * H.diagonal(dim1=1, dim2=2).mean(1).detach()
         else:
             ridge = torch.full((g,), float(lam), dtype=H.dtype, device=H.device)
-        theta = torch.linalg.solve(H + ridge[:, None, None] * eye, h)  # (G, m^2)
+        theta = _spd_solve(H + ridge[:, None, None] * eye, h)  # (G, m^2)
         quad = (theta[:, None, :] @ H @ theta[:, :, None]).reshape(g)
         return 2.0 * (theta * h).sum(1) - quad - 1.0
 
