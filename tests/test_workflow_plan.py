@@ -99,3 +99,15 @@ def test_synthia_plan_uses_16_classes_and_non_feedback_translator_reuses_round0(
     assert "translator_finetune" not in counts and counts["translator_train"] == 1 and counts["refine"] == 1
     assert "--class-set 16" in "\n".join(job_blocks(out)["evaluate"])
     assert "--source-images data/refined/syn2cs/cut/r0" in "\n".join(job_blocks(out)["segmenter_train"])
+
+
+def test_paper_plan_of_the_sepico_target(real_layout):
+    """The users' first command: `snakemake -n results/gta2cs_sepico_semst.csv` plans SemST + SePiCo."""
+    result = snakemake(real_layout, "-n", "-p", "results/gta2cs_sepico_semst.csv")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    counts = job_counts(out)
+    assert counts["translator_train"] == 1 and counts["refine"] == 1 and counts["segmenter_train"] == 1
+    seg = job_blocks(out)["segmenter_train"][0]
+    assert "--uda sepico" in seg and "--preset paper" in seg and "gpu=1" in seg
+    assert "--pseudo" not in seg  # SePiCo's teacher makes its pseudo-labels online
