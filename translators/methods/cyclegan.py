@@ -27,7 +27,6 @@ the T->S generator that ``refine`` applies (see the README's LDR notes).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,17 +41,7 @@ from translators.networks import NLayerDiscriminator, ResnetGenerator, init_weig
 from .base import TranslatorMethod, pad_to_multiple, set_requires_grad, tiled_apply
 
 
-if hasattr(_config, "CycleGANConfig"):  # the ``cyclegan`` section registered in translators/config.py
-    CycleGANConfig = _config.CycleGANConfig
-else:  # until config.py registers it (tr-seed report): the same dataclass, defined here
-    @dataclass
-    class CycleGANConfig:
-        """``cyclegan`` config section (CycleGAN / BDL defaults)."""
-
-        lambda_cycle: float = 10.0               # lambda_A = lambda_B
-        lambda_identity: float = 0.5             # identity weight = lambda_identity * lambda_cycle
-        pool_size: int = 50                      # image history per discriminator (0: no pool)
-        lambda_sem_reconstruction: float = 10.0  # BDL lambda_A * lambda_semantic on L_sem(rec, x)
+CycleGANConfig = _config.CycleGANConfig  # the ``cyclegan`` config section lives in translators/config.py
 
 
 def section(cfg, name: str, cls):

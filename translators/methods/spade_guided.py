@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,31 +54,7 @@ from .cyclegan import section
 log = logging.getLogger(__name__)
 
 
-if hasattr(_config, "SpadeConfig"):  # the ``spade`` section registered in translators/config.py
-    SpadeConfig = _config.SpadeConfig
-else:  # until config.py registers it (tr-seed report): the same dataclass, defined here
-    @dataclass
-    class SpadeConfig:
-        """``spade`` config section (paper Sec. 4 defaults; sizes of the MUNIT/UNIT family)."""
-
-        num_classes: int = 19            # channels of the guidance (the segmenter's classes)
-        n_downsample: int = 2            # encoder downsamplings = decoder upsamplings
-        n_res: int = 4                   # residual blocks in E and (SPADE) in G
-        spade_hidden: int = 128          # SPADE shared-conv width (hard-coded 128 in SPADE)
-        seg_interp: str = "bilinear"     # guidance resize: bilinear | nearest
-        spectral_norm: bool = True       # on E, G and D convs (paper: all models)
-        num_D: int = 3                   # discriminator scales per domain
-        norm_D: str = "instance"         # PatchGAN norm: instance | none (SPADE: spectral + instance)
-        lambda_recon: float = 10.0
-        lambda_GAN: float = 1.0
-        lambda_cycle: float = 10.0       # image cycle L_CC_I
-        lambda_latent: float = 1.0       # latent cycle L_CC_H
-        lambda_SCE: float = 10.0
-        lr_D_ratio: float = 4.0          # TTUR: D lr = ratio * G lr (SPADE: 4e-4 / 1e-4)
-        poly_power: float = 0.9
-        segmenter: str | None = None     # guidance segmenter (set from --feedback-segmenter at training)
-        segmenter_sha256: str | None = None
-
+SpadeConfig = _config.SpadeConfig  # the ``spade`` config section lives in translators/config.py
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
