@@ -15,7 +15,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# One intra-op thread for the in-process tests, set once (never toggled: MKL's batched LU breaks
+# after set_num_threads changes, see translators/losses/rsmi.py). The tests run tiny models, for
+# which one thread is fastest on the 2-core CI machines (two spinning OpenMP threads made tiny
+# steps 5-50x slower when the cores were shared). Subprocess tests inherit OMP_NUM_THREADS.
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
 
 def _write_prepared(root: Path, name: str, splits: dict[str, int], size: tuple[int, int], seed: int,

@@ -27,14 +27,6 @@ SMALL = ["crop_size=(32,64)", "model.data_preprocessor.size=(32,64)", "train_sca
          "target_scale=(64,32)", "test_scale=(64,32)", "batch_size=1", "log_interval=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ Boltzmann softmax (Eq. 3)
 def test_boltzmann_softmax_tends_to_one_hot_and_stays_differentiable():
     torch.manual_seed(0)

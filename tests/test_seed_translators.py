@@ -26,14 +26,6 @@ needs_registration = pytest.mark.skipif(
 CONFIGS = Path(__file__).resolve().parents[1] / "translators" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def guide_segmenter(tmp_path_factory) -> Path:
     """A tiny frozen FCN-8s written with segmenters.checkpoint.save_final (random weights)."""

@@ -11,14 +11,6 @@ from segmenters.configs import load_config
 from segmenters.loader import load_segmenter
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class UDAWrapper(nn.Module):
     """Stands for a UDA model: the segmentor plus modules that must not reach final.pth."""
 

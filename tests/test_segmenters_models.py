@@ -15,15 +15,6 @@ CONTRACT_KEYS = ("model", "crop_size", "train_scale", "target_scale", "test_scal
                  "param_scheduler", "max_iters", "uda", "num_classes", "batch_size", "init_from", "init_strict")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core CI box this is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_batch(n: int, h: int, w: int, seed: int = 0) -> dict:
     """A fixed, learnable batch: class = horizontal band (sky / building / road) with band colours."""
     from mmengine.structures import PixelData

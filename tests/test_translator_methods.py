@@ -22,16 +22,6 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", 
         "data.global_crop=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs are fastest single-threaded; with 2 OpenMP threads on a loaded 2-core machine
-    the spin-waiting threads make each step 20-50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(method: str, *extra: str) -> TranslatorConfig:
     return load_config(CONFIGS / f"{method}_tiny.yaml", TINY + list(extra))
 

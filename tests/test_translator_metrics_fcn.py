@@ -107,14 +107,6 @@ def tiny_segmenter(tmp_path_factory) -> Path:
     return save_final(model, meta, tmp_path_factory.mktemp("oracle") / "final.pth")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _refined_copy(source: Path, out: Path, transform) -> Path:
     ds = PreparedDataset.load(source)
     for s in ds.samples("train"):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from domains.prepared import PreparedDataset
@@ -25,25 +24,14 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", 
         "refine.tile=32", "refine.global_max_side=64"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tiny_prepared, tmp_path_factory) -> dict[str, Path]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("refine_ckpts")
     out = {}
     for name, method, seed in (("semst", "semst", 0), ("semst_b", "semst", 1), ("cut", "cut", 0)):
         cfg = load_config(CONFIGS / f"{method}_tiny.yaml", TINY + ["train.iters=2"])
         train(cfg, tiny_prepared["source"], tiny_prepared["target"], root / name, seed=seed, show_progress=False)
         out[name] = root / name / "final.pt"
-    torch.set_num_threads(n)
     return out
 
 

@@ -19,14 +19,6 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", 
         "data.crop=32", "data.local_crop=32", "data.global_crop=16", "data.prefetch=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg_of(method: str, *extra: str):
     return load_config(CONFIGS / f"{method}_tiny.yaml", TINY + list(extra))
 
