@@ -50,6 +50,30 @@ def section(cfg, name: str, cls):
     return value if value is not None else cls()
 
 
+def generator_then_discriminator_step(method, batch, generator_loss, optimizers, scaler):
+    """One CycleGAN-order iteration of ``method``: translate; G step with the discriminators frozen;
+    then the D step. ``generator_loss(state, batch) -> (loss, logs)``. Returns (loss floats, state)."""
+    batch = {k: (method.prepare_input(v) if v.dim() == 4 else v.to(method.device)) for k, v in batch.items()}
+    nets_d = method.discriminators()
+    set_requires_grad(nets_d, False)
+    optimizers["G"].zero_grad(set_to_none=True)
+    with method.autocast():
+        state = method.forward_translation(batch)
+        loss_g, logs_g = generator_loss(state, batch)
+    logs = method._finite({"G": loss_g, **logs_g})
+    scaler.scale(loss_g).backward()
+    scaler.step(optimizers["G"])
+    set_requires_grad(nets_d, True)
+    optimizers["D"].zero_grad(set_to_none=True)
+    with method.autocast():
+        loss_d, logs_d = method.discriminator_loss(state, batch)
+    logs.update(method._finite({"D": loss_d, **logs_d}))
+    scaler.scale(loss_d).backward()
+    scaler.step(optimizers["D"])
+    scaler.update()
+    return logs, state
+
+
 class ImagePool(nn.Module):
     """CycleGAN's image history buffer (Shrivastava et al. 2017).
 
@@ -179,25 +203,8 @@ class CycleGAN(TranslatorMethod):
     # ------------------------------------------------------------------ one iteration
     def train_step(self, batch, progress, optimizers, scaler, feedback=None):
         """Translate; G step (D_A, D_B frozen); D step on pooled fakes. Returns (loss floats, state)."""
-        batch = {k: (self.prepare_input(v) if v.dim() == 4 else v.to(self.device)) for k, v in batch.items()}
-        nets_d = self.discriminators()
-        set_requires_grad(nets_d, False)
-        optimizers["G"].zero_grad(set_to_none=True)
-        with self.autocast():
-            state = self.forward_translation(batch)
-            loss_g, logs_g = self.generator_loss(state, batch, progress, feedback)
-        logs = self._finite({"G": loss_g, **logs_g})
-        scaler.scale(loss_g).backward()
-        scaler.step(optimizers["G"])
-        set_requires_grad(nets_d, True)
-        optimizers["D"].zero_grad(set_to_none=True)
-        with self.autocast():
-            loss_d, logs_d = self.discriminator_loss(state, batch)
-        logs.update(self._finite({"D": loss_d, **logs_d}))
-        scaler.scale(loss_d).backward()
-        scaler.step(optimizers["D"])
-        scaler.update()
-        return logs, state
+        return generator_then_discriminator_step(
+            self, batch, lambda state, b: self.generator_loss(state, b, progress, feedback), optimizers, scaler)
 
 
-__all__ = ["CycleGAN", "CycleGANConfig", "ImagePool", "section"]
+__all__ = ["CycleGAN", "CycleGANConfig", "ImagePool", "generator_then_discriminator_step", "section"]

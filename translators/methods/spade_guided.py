@@ -48,8 +48,8 @@ from translators.losses.sce import symmetric_cross_entropy
 from translators.networks.multiscale_discriminator import MultiscaleDiscriminator, lsgan_multiscale
 from translators.networks.spade import SEG_INTERP, ContentEncoder, SpadeDecoder
 
-from .base import TranslatorMethod, pad_to_multiple, set_requires_grad, tiled_apply
-from .cyclegan import section
+from .base import TranslatorMethod, pad_to_multiple, tiled_apply
+from .cyclegan import generator_then_discriminator_step, section
 
 log = logging.getLogger(__name__)
 
@@ -229,24 +229,8 @@ class SpadeGuided(TranslatorMethod):
         for name, lr in (("G", lr_g), ("D", lr_d)):
             for group in optimizers[name].param_groups:
                 group["lr"] = lr
-        batch = {k: (self.prepare_input(v) if v.dim() == 4 else v.to(self.device)) for k, v in batch.items()}
-        nets_d = self.discriminators()
-        set_requires_grad(nets_d, False)
-        optimizers["G"].zero_grad(set_to_none=True)
-        with self.autocast():
-            state = self.forward_translation(batch)
-            loss_g, logs_g = self.generator_loss(state, batch, progress)
-        logs = self._finite({"G": loss_g, **logs_g})
-        scaler.scale(loss_g).backward()
-        scaler.step(optimizers["G"])
-        set_requires_grad(nets_d, True)
-        optimizers["D"].zero_grad(set_to_none=True)
-        with self.autocast():
-            loss_d, logs_d = self.discriminator_loss(state, batch)
-        logs.update(self._finite({"D": loss_d, **logs_d}))
-        scaler.scale(loss_d).backward()
-        scaler.step(optimizers["D"])
-        scaler.update()
+        logs, state = generator_then_discriminator_step(
+            self, batch, lambda state, b: self.generator_loss(state, b, progress), optimizers, scaler)
         logs.update(lr_G=lr_g, lr_D=lr_d)
         return logs, state
 
