@@ -10,9 +10,10 @@ from typing import Sequence
 
 #: subcommand -> (module with main(argv) -> int, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("segmenters.train", "train a segmenter with a UDA method (source_only, oracle, bdl)"),
+    "train": ("segmenters.train", "train a segmenter with a UDA method (source_only, oracle, bdl, sepico, ldr, proda_warmup|stage1|distill)"),
     "pseudolabel": ("segmenters.pseudolabel", "write target pseudo-labels from a final.pth"),
     "evaluate": ("segmenters.evaluate", "per-class IoU of a final.pth on a labelled target split"),
+    "prototypes": ("segmenters.prototypes", "ProDA: soft pseudo-labels + initial class prototypes from a final.pth"),
 }
 
 

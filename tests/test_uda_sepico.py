@@ -128,14 +128,13 @@ def test_cli_run_resume_and_final_export(tiny_prepared, tmp_path, monkeypatch):
     only the EncoderDecoder and loads with the segmenter loader."""
     from segmenters import uda as uda_pkg
     from segmenters.loader import load_segmenter
-    from segmenters.uda import sepico as sepico_mod
     from test_segmenters_train import cli_args, run, scalars
 
     monkeypatch.setitem(uda_pkg.METHODS, "sepico", SePiCo())
-    monkeypatch.setitem(sepico_mod.PRESET_OVERRIDES, "tiny",
-                        dict(sepico_mod.PRESET_OVERRIDES["tiny"], start_distribution_iter=2, proj_dim=16))
+    small = ("uda.sepico.start_distribution_iter=2", "uda.sepico.proj_dim=16")
     work = tmp_path / "run"
-    first = run(cli_args(tiny_prepared, work, "sepico", "deeplabv2", max_iters=2, options=("checkpoint_interval=2",)))
+    first = run(cli_args(tiny_prepared, work, "sepico", "deeplabv2", max_iters=2,
+                         options=("checkpoint_interval=2", *small)))
     assert (first.start_iter, first.end_iter) == (0, 2)
     ckpt2 = torch.load(work / "iter_2.pth", weights_only=False, map_location="cpu")
     for prefix in ("ema_teacher.", "ema_proj_head.", "proj_head.", "class_stats."):
@@ -145,7 +144,7 @@ def test_cli_run_resume_and_final_export(tiny_prepared, tmp_path, monkeypatch):
     assert count2 > 0
 
     second = run(cli_args(tiny_prepared, work, "sepico", "deeplabv2", "--resume", max_iters=3,
-                          options=("checkpoint_interval=1",)))
+                          options=("checkpoint_interval=1", *small)))
     assert (second.start_iter, second.end_iter) == (2, 3)
     ckpt3 = torch.load(work / "iter_3.pth", weights_only=False, map_location="cpu")
     # statistics kept accumulating from the resumed state (a fresh start would hold one iteration's)
@@ -162,3 +161,83 @@ def test_cli_run_resume_and_final_export(tiny_prepared, tmp_path, monkeypatch):
         torch.testing.assert_close(v, ckpt3["state_dict"][k])
     seg = load_segmenter(second.final)
     assert seg.predict_logits(torch.full((1, 3, 32, 64), 100.0)).shape == (1, 19, 32, 64)
+
+
+def test_class_balanced_crop_in_train_step(tiny_prepared):
+    """CBC: a target loaded uncropped (128x64) is cropped to the source crop (32x64) on its
+    pseudo-label, the teacher labels the crop again (regen_pseudo) and training proceeds."""
+    cfg = load_config("deeplabv2", "tiny", SMALL + ["target_scale=(128,64)"])
+    cfg.uda["sepico"] = dict(start_distribution_iter=0, proj_dim=16, pseudo_threshold=0.0, rcs_temperature=None)
+    inputs = TrainInputs(source=tiny_prepared["source"], target=tiny_prepared["target"])
+    method = SePiCo()
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        torch.manual_seed(0)
+        model = MODELS.build(method.model(cfg, inputs))
+        model.init_weights()
+        ow = method.optim_wrapper(cfg)
+        optim = SePiCoOptimWrapperConstructor({k: v for k, v in ow.items() if k != "constructor"})(model)
+        spec = method.train_dataset(cfg, inputs)
+        assert spec["type"] == "UDADataset"  # rcs off
+        data = UDADataset(spec["source"], spec["target"], seed=spec["seed"])
+    batch = pseudo_collate([data[0]])
+    assert tuple(batch["trg"]["inputs"][0].shape[-2:]) == (64, 128)  # the target is not cropped by the pipeline
+    model.train()
+    model._teacher_train_mode()
+    x_t = model.data_preprocessor(batch["trg"], True)["inputs"]
+    probs = model.teacher_probs(x_t)
+    g = torch.Generator().manual_seed(0)
+    crop, crop_probs, balanced = model.class_balanced_crop(x_t, probs, (32, 64), g)
+    assert crop.shape[-2:] == (32, 64) and balanced is not None and balanced.shape == (1,)
+    torch.testing.assert_close(crop_probs, model.teacher_probs(crop))
+    # the crop is a window of the image
+    windows = x_t.unfold(2, 32, 1).unfold(3, 64, 1)  # (1, 3, 33, 65, 32, 64)
+    assert any(torch.equal(windows[0, :, i, j], crop[0]) for i in range(33) for j in range(65))
+    log = _step(model, optim, data, 1)
+    assert "sepico.cbc_balanced" in log and all(torch.isfinite(torch.as_tensor(v)).all() for v in log.values())
+    assert "trg.loss_contrast" in log
+
+
+def test_rcs_and_no_crop_target_in_the_method_dataset(tiny_prepared):
+    cfg = load_config("deeplabv2", "tiny", SMALL)
+    inputs = TrainInputs(source=tiny_prepared["source"], target=tiny_prepared["target"])
+    spec = SePiCo().train_dataset(cfg, inputs)
+    assert spec["type"] == "RCSUDADataset"
+    assert spec["rare_class_sampling"] == dict(class_temp=0.01, min_pixels=50, min_crop_ratio=0.5)
+    crop = [t for t in spec["target"]["pipeline"] if t["type"] == "RandomCrop"][0]
+    assert crop["crop_size"] == (32, 64)  # = target_scale (h, w): CBC crops in the segmentor
+    paper = sepico_config(load_config("deeplabv2", "paper"))
+    assert (paper.pseudo_random_crop, paper.regen_pseudo) == (True, True)
+    assert (paper.cat_max_ratio, paper.cbc_tries) == (0.75, 10)
+    assert (paper.rcs_temperature, paper.rcs_min_pixels, paper.rcs_min_crop_ratio) == (0.01, 3000, 0.5)
+    assert (paper.tau, paper.contrastive_weight, paper.reg_relative_weight, paper.alpha) == (100.0, 1.0, 1.0, 0.999)
+
+
+def test_mismatched_teacher_checkpoint_is_refused(tiny_prepared, tmp_path):
+    """A teacher from a checkpoint of another model: load_teacher_state names the file; a resume
+    (mmengine's non-strict load) of mis-shaped SePiCo modules is an error, not a silent re-init."""
+    from mmengine.runner.checkpoint import load_state_dict as mmengine_load_state_dict
+
+    from segmenters.uda.ema import load_teacher_state
+
+    _, model, _, _ = _setup(tiny_prepared)
+    other_cfg = load_config("deeplabv2", "tiny", SMALL + ["model.decode_head.num_classes=7", "num_classes=7"])
+    other_cfg.uda["sepico"] = dict(proj_dim=8)
+    inputs = TrainInputs(source=tiny_prepared["source"], target=tiny_prepared["target"])
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        other = MODELS.build(SePiCo().model(other_cfg, inputs))
+    path = tmp_path / "other_final.pth"
+    torch.save({"meta": {}, "state_dict": other.student_network().state_dict()}, path)
+    before = {k: v.clone() for k, v in model.ema_teacher.state_dict().items()}
+    with pytest.raises(ValueError, match=r"other_final\.pth.*conv_seg|other_final\.pth.*shape"):
+        load_teacher_state(model.ema_teacher, path)
+    assert all(torch.equal(v, before[k]) for k, v in model.ema_teacher.state_dict().items())  # nothing loaded
+    run_ckpt = tmp_path / "iter_2.pth"
+    torch.save({"state_dict": other.state_dict()}, run_ckpt)
+    with pytest.raises(ValueError, match=r"iter_2\.pth.*ema_teacher|iter_2\.pth.*shape"):
+        load_teacher_state(model.ema_teacher, run_ckpt, prefix="ema_teacher.")
+    # matching checkpoint loads (a final.pth student as the teacher)
+    good = tmp_path / "good_final.pth"
+    torch.save({"state_dict": model.student_network().state_dict()}, good)
+    load_teacher_state(model.ema_teacher, good)
+    with pytest.raises(TrainError, match=r"does not match this SePiCo model: ema_teacher: .*shape.*proj_dim"):
+        mmengine_load_state_dict(model, other.state_dict(), strict=False)

@@ -90,6 +90,8 @@ uda = dict(
     # --cfg-options "uda.sepico={'contrast_mode': 'proto'}")
     sepico=dict(),
     ldr=dict(),
+    # ProDA (segmenters/uda/proda.py): teacher = previous stage's final.pth (stages 2/3)
+    proda=dict(teacher=None),
     vgg19_weights=None,
 )
 

@@ -12,11 +12,13 @@ from .bdl import BDL, BDLSegmentor
 from .discriminator import FCDiscriminator
 from .ldr import LDR, LDRSegmentor
 from .oracle import Oracle
+from .proda import ProDADistill, ProDAStage1, ProDAWarmup
 from .sepico import SePiCo, SePiCoSegmentor
 from .source_only import SourceOnly
 
 #: --uda name -> method
-METHODS: dict[str, UDAMethod] = {m.name: m for m in (SourceOnly(), Oracle(), BDL(), SePiCo(), LDR())}
+METHODS: dict[str, UDAMethod] = {m.name: m for m in (SourceOnly(), Oracle(), BDL(), SePiCo(), LDR(),
+                                                  ProDAWarmup(), ProDAStage1(), ProDADistill())}
 
 
 def get_method(name: str) -> UDAMethod:
@@ -28,4 +30,5 @@ def get_method(name: str) -> UDAMethod:
 
 __all__ = ["METHODS", "get_method", "TrainInputs", "UDAMethod", "UDASegmentor", "UDAOptimWrapperConstructor",
            "BDL", "BDLSegmentor", "FCDiscriminator", "Oracle", "SourceOnly",
-           "SePiCo", "SePiCoSegmentor", "LDR", "LDRSegmentor"]
+           "SePiCo", "SePiCoSegmentor", "LDR", "LDRSegmentor",
+           "ProDAWarmup", "ProDAStage1", "ProDADistill"]

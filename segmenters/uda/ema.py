@@ -14,9 +14,13 @@ Buffers (BatchNorm running statistics) are where the public codes differ, so it 
 
 Non-floating buffers (BN ``num_batches_tracked``) are always copied from the student in "ema" and
 "copy" modes (averaging a counter is meaningless) and left alone in "none" mode.
+
+:func:`load_teacher_state` loads a teacher from a checkpoint file and refuses (naming the file) one
+saved for another network instead of loading it partially.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -78,3 +82,48 @@ def ema_update(teacher: nn.Module, student: nn.Module, iteration: int | None,
         else:
             t.copy_(s.detach())
     return alpha
+
+
+def teacher_state_mismatches(teacher: nn.Module, state: dict) -> list[str]:
+    """Human-readable differences between ``teacher``'s state dict and ``state`` (missing and
+    unexpected keys, shape mismatches); empty when ``state`` loads into ``teacher`` strictly."""
+    own = teacher.state_dict()
+    problems = [f"missing key '{k}'" for k in own if k not in state]
+    problems += [f"unexpected key '{k}'" for k in state if k not in own]
+    problems += [f"'{k}' has shape {tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the teacher"
+                 for k, v in own.items() if k in state and hasattr(state[k], "shape")
+                 and tuple(state[k].shape) != tuple(v.shape)]
+    return problems
+
+
+def load_teacher_state(teacher: nn.Module, path: str | Path, prefix: str = "") -> None:
+    """Load an EMA teacher from a checkpoint file (``weights_only=True``).
+
+    ``path`` holds a state dict, or a dict with ``"state_dict"`` (``final.pth``, mmengine's
+    ``iter_<n>.pth``); ``prefix`` selects and strips the teacher's keys (``"ema_teacher."`` in a
+    SePiCo run checkpoint, ``""`` for a ``final.pth`` student used as teacher). Any missing,
+    unexpected or mis-shaped key is a ``ValueError`` naming the file and the first differences;
+    nothing is loaded then.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"EMA teacher checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling error: say which file
+        raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True ({err})") from err
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict or a checkpoint with 'state_dict'")
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{path}: no '{prefix}*' keys; it holds no EMA teacher (a final.pth holds the "
+                             "student only: load it with prefix='')")
+    problems = teacher_state_mismatches(teacher, state)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{path}: the checkpoint does not match the EMA teacher ({type(teacher).__name__}): "
+                         + "; ".join(problems[:5]) + more
+                         + "; it was saved with another architecture, preset or number of classes")
+    teacher.load_state_dict(state, strict=True)

@@ -8,9 +8,10 @@ with a source batch (x_s, y_s) and a target batch x_t:
    (:func:`segmenters.uda.ema.ema_update`; parameters only, as SePiCo's ``_update_ema``; at t = 0
    the teacher becomes a copy of the student).
 2. Source CE ``L_s = CE(G(x_s), y_s)`` (the head's configured loss).
-3. Teacher pseudo-labels on the (weak) target image: ``y_hat_t = argmax p_T(x_t)`` with the per-image
-   weight q = fraction of pixels with max-probability >= ``pseudo_threshold`` (0.968); the top/bottom
-   ``psweight_ignore_top/bottom`` rows (15/120 of a 640-row crop, scaled to the crop height) get 0
+3. Teacher pseudo-labels on the (weak) target image, class-balanced cropped (CBC, below):
+   ``y_hat_t = argmax p_T(x_t)`` with the per-image weight q = fraction of pixels with
+   max-probability >= ``pseudo_threshold`` (0.968); the top/bottom ``psweight_ignore_top/bottom`` rows
+   (15/120 of a 640-row crop, scaled to the crop height) get 0
    (:func:`~segmenters.uda.sepico_parts.pseudo_label_weight`).
 4. ClassMix of source into target (:func:`~segmenters.uda.mix.class_mix_masks`, :func:`~.mix.mix`) for
    image, label and weight (1 on source pixels), DACS strong augmentation of the mixed image
@@ -42,10 +43,28 @@ Hyper-parameters: :class:`~segmenters.uda.sepico_parts.SePiCoConfig` (paper scal
 
 Choices / not (yet) implemented:
 
-* Class-balanced cropping of the target on its pseudo-label (CBC, ``pseudo_random_crop``) and rare
-  class sampling of the source (RCS, ``rcs_temperature``) are NOT implemented in this version: the
-  target is cropped by the ordinary ``RandomCrop`` of the data pipeline and the source is sampled
-  uniformly. The settings are accepted and a warning is logged when they are on.
+* Class-balanced cropping (CBC, ``pseudo_random_crop``, on by default as the reference): the target
+  is loaded uncropped at ``target_scale``; the teacher labels it, :func:`~segmenters.uda.sampling
+  .class_balanced_crop_boxes` picks, per image, the best of ``cbc_tries`` (10) random boxes
+  (max ``sum log n_k`` with max class ratio < ``cat_max_ratio`` 0.75) and the teacher labels the crop
+  again (``regen_pseudo``). The crop is ``cbc_crop_size`` or the source crop size (ClassMix needs equal
+  sizes). It acts only when the target image is larger than the crop: the paper preset's 1024x512
+  target and 512x1024 crop (BDL protocol) and the tiny preset's full-image crops leave nothing to
+  choose; SePiCo's own recipe is ``--cfg-options target_scale=(1280,640) crop_size=(640,640)
+  model.data_preprocessor.size=(640,640) train_scale=(1280,720)``. Without ``regen_pseudo`` the
+  full-image probabilities are cropped and the confidence fraction is taken over the crop (the
+  reference keeps the full image's).
+* Rare class sampling (RCS, ``rcs_temperature`` 0.01, ``rcs_min_pixels`` 3000, ``rcs_min_crop_ratio``
+  0.5; None turns it off) draws the source image (:class:`~segmenters.uda.sampling.RCSUDADataset`);
+  ``rcs_min_pixels`` counts label-file pixels (tiny preset: 50, scaled by the label area).
+* Contrast temperature ``tau`` = 100 and weight 1.0 (reference ``contrast_temp``/``loss_weight``).
+  Embeddings are unit vectors and centroids have norm <= 1, so the logits ``f.mu_k / tau`` lie in
+  [-0.01, 0.01]: ProtoCL/DistCL sit within ~0.02 of log C (2.94 for 19 classes) and the regulariser
+  near -1 for the whole run. This is the reference's behaviour, not a bug: the gradient
+  ``sum_k (p_k - 1[k=y]) mu_k / tau`` is what trains (small; the reference trains with AdamW, whose
+  update does not scale with the gradient's size).
+* The source CE uses the weak (un-jittered) source image; the reference also colour-jitters/blurs
+  the source for its CE (``enable_strong_aug``).
 * The teacher runs in train mode with dropout off (DAFormer/SePiCo): BN uses batch statistics.
 * Mixed-image CE is normalised by the number of non-ignored pixels (our configs' ``avg_non_ignore``);
   DACS divides by all pixels, which differs only by the ignored fraction.
@@ -73,10 +92,12 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict  # noqa: E402
 from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 
+from ..datasets import train_pipeline  # noqa: E402
 from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDAOptimWrapperConstructor,  # noqa: E402
-                   UDASegmentor, source_dataset_cfg, target_dataset_cfg)
-from .ema import ema_update  # noqa: E402
+                   UDASegmentor, _aug, source_dataset_cfg, target_dataset_cfg)
+from .ema import ema_update, teacher_state_mismatches  # noqa: E402
 from .mix import class_mix_masks, mix, strong_transform  # noqa: E402
+from .sampling import class_balanced_crop_boxes, crop_batch  # noqa: E402
 from .sepico_parts import (ClassStatistics, ProjectionHead, SePiCoConfig, bank_contrastive_loss,  # noqa: E402
                            contrastive_regulariser, dist_contrastive_loss, flatten_labelled_features,
                            proto_contrastive_loss, pseudo_label_weight)
@@ -89,11 +110,9 @@ TEACHER_PROJ_KEY = "ema_proj_head"
 PROJ_KEY = "proj_head"
 STATS_KEY = "class_stats"
 
-#: preset -> SePiCoConfig overrides applied before ``uda.sepico`` (small CPU runs)
-PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
-    "tiny": dict(start_distribution_iter=20, proj_dim=64, pseudo_random_crop=False, rcs_temperature=None),
-    "paper": dict(),
-}
+#: preset -> SePiCoConfig overrides applied before ``uda.sepico``; empty: the presets' values live in
+#: their config files (``segmenters/configs/*_tiny.py`` ``uda.sepico``), this is an extension point
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {"tiny": dict(), "paper": dict()}
 #: arch -> SePiCoConfig overrides applied before ``uda.sepico``
 ARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "deeplabv2": dict(),
@@ -161,9 +180,6 @@ class SePiCoSegmentor(UDASegmentor):
         super().__init__(*args, **kwargs)
         self.cfg = SePiCoConfig.from_dict(dict(sepico or {}), key="uda.sepico")
         self.seed = int(seed)
-        if self.cfg.pseudo_random_crop or self.cfg.rcs_temperature is not None:
-            logger.warning("SePiCo: class-balanced cropping (pseudo_random_crop) and rare class sampling "
-                           "(rcs_temperature) are not implemented in this version and are ignored")
         if self.cfg.mix not in ("class", "none"):
             raise ValueError(f"uda.sepico.mix must be 'class' or 'none', got {self.cfg.mix!r}")
         in_channels = _layer_channels(self.decode_head, self.cfg.proj_in_index)
@@ -178,6 +194,25 @@ class SePiCoSegmentor(UDASegmentor):
             self.num_classes, self.cfg.proj_dim, momentum=self.cfg.stats_momentum,
             memory_length=self.cfg.memory_length if self.cfg.contrast_mode == "bank" else 0,
             ignore_index=IGNORE_INDEX)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Refuse a checkpoint whose teacher / projection heads / class statistics have other shapes
+        (mmengine's non-strict load would only warn and leave them freshly initialised)."""
+        problems = []
+        for name in self.extra_modules:
+            head = f"{prefix}{name}."
+            sub = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
+            if sub:
+                problems += [f"{name}: {p}" for p in teacher_state_mismatches(getattr(self, name), sub)
+                             if "shape" in p]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise TrainError("the checkpoint being loaded (--resume: the newest iter_<n>.pth of --work-dir) does "
+                             "not match this SePiCo model: " + "; ".join(problems[:3]) + more
+                             + "; it was saved with other settings (uda.sepico.proj_dim / contrast_mode / "
+                             "num_classes / memory_length, arch or preset): use another --work-dir or the same "
+                             "settings")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     def student_network(self) -> nn.Module:
@@ -196,6 +231,31 @@ class SePiCoSegmentor(UDASegmentor):
             for m in module.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
                     m.eval()
+
+    @torch.no_grad()
+    def teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """EMA-teacher softmax ``(B, C, H, W)`` at the image size."""
+        logits = self.ema_teacher.decode_head.forward(self.ema_teacher.extract_feat(images))
+        return F.softmax(self.upsample(logits, images).float(), dim=1)
+
+    @torch.no_grad()
+    def class_balanced_crop(self, images: torch.Tensor, probs: torch.Tensor, default_size: tuple[int, int],
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """CBC (SePiCo ``pseudo_random_crop``; :mod:`segmenters.uda.sampling`): crop each target image to
+        the box of ``cbc_tries`` random boxes whose pseudo-label (argmax of the teacher's ``probs``) is
+        best balanced, then take the teacher's probabilities on the crop (``regen_pseudo``, the
+        reference's setting) or crop the full-image ones. Crop size ``cbc_crop_size`` or
+        ``default_size`` (the source crop, so ClassMix gets equal sizes). An image no larger than the
+        crop is returned as is (``balanced`` None: there is no box to choose)."""
+        cfg = self.cfg
+        size = tuple(cfg.cbc_crop_size or default_size)
+        if images.shape[-2] <= size[0] and images.shape[-1] <= size[1]:
+            return images, probs, None
+        res = class_balanced_crop_boxes(probs.argmax(dim=1), size, self.num_classes, cfg.cat_max_ratio,
+                                        cfg.cbc_tries, generator, IGNORE_INDEX)
+        images = crop_batch(images, res.boxes)
+        probs = self.teacher_probs(images) if cfg.regen_pseudo else crop_batch(probs, res.boxes)
+        return images, probs, res.balanced
 
     def _project(self, feats: list[torch.Tensor], head: nn.Module) -> torch.Tensor:
         return head(feats[self.cfg.proj_in_index])
@@ -245,8 +305,15 @@ class SePiCoSegmentor(UDASegmentor):
         with seg_ow.optim_context(self):
             # teacher: pseudo-labels on the weak target, class statistics from source features
             with torch.no_grad():
-                t_feats_t = self.ema_teacher.extract_feat(x_t)
-                probs = F.softmax(self.upsample(self.ema_teacher.decode_head.forward(t_feats_t), x_t).float(), dim=1)
+                probs = self.teacher_probs(x_t)
+                if cfg.pseudo_random_crop:
+                    x_t, probs, balanced = self.class_balanced_crop(x_t, probs, tuple(x_s.shape[-2:]), gen)
+                    if balanced is not None:
+                        extra_logs["sepico.cbc_balanced"] = balanced.float().mean()
+                if cfg.enable_self_training and cfg.mix == "class" and x_t.shape[-2:] != x_s.shape[-2:]:
+                    raise TrainError(f"SePiCo ClassMix needs source and target crops of one size; got source "
+                                     f"{tuple(x_s.shape[-2:])} and target {tuple(x_t.shape[-2:])} (check crop_size, "
+                                     "target_scale and uda.sepico.cbc_crop_size)")
                 top, bottom = cfg.ignore_rows(x_t.shape[-2])
                 pseudo, pseudo_w = pseudo_label_weight(probs, cfg.pseudo_threshold, top, bottom, cfg.psweight_per_image)
                 t_proj_s = self._project(self.ema_teacher.extract_feat(x_s), self.ema_proj_head)
@@ -308,8 +375,21 @@ class SePiCo(UDAMethod):
     paired = True
 
     def train_dataset(self, cfg: Any, inputs: TrainInputs) -> dict:
-        return dict(type="UDADataset", seed=inputs.seed, source=source_dataset_cfg(cfg, inputs),
-                    target=target_dataset_cfg(cfg, inputs, labelled=False))
+        """Source/target pairs. With CBC (``pseudo_random_crop``) the target is only resized to
+        ``target_scale`` (the reference's "no_crop" target pipeline): the segmentor crops it on its
+        pseudo-label. With RCS (``rcs_temperature`` not None) the source image is drawn by rare class
+        sampling (:class:`segmenters.uda.sampling.RCSUDADataset`)."""
+        scfg = sepico_config(cfg)
+        target = target_dataset_cfg(cfg, inputs, labelled=False)
+        if scfg.pseudo_random_crop:
+            w, h = (int(v) for v in cfg.target_scale)
+            target["pipeline"] = train_pipeline(cfg.target_scale, (h, w), **_aug(cfg))  # crop = image: no-op
+        dataset = dict(type="UDADataset", seed=inputs.seed, source=source_dataset_cfg(cfg, inputs), target=target)
+        if scfg.rcs_temperature is not None:
+            dataset.update(type="RCSUDADataset", rare_class_sampling=dict(
+                class_temp=scfg.rcs_temperature, min_pixels=scfg.rcs_min_pixels,
+                min_crop_ratio=scfg.rcs_min_crop_ratio))
+        return dataset
 
     def model(self, cfg: Any, inputs: TrainInputs) -> dict:
         model = super().model(cfg, inputs)

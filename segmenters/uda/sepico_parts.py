@@ -51,9 +51,10 @@ class SePiCoConfig:
     color_jitter_s: float = 0.2
     color_jitter_p: float = 0.2
     blur: bool = True
-    # class-balanced cropping of the target on its pseudo-label
+    # class-balanced cropping of the target on its pseudo-label (segmenters.uda.sampling)
     pseudo_random_crop: bool = True
-    crop_size: tuple[int, int] = (640, 640)
+    crop_size: tuple[int, int] = (640, 640)   # the reference's crop: psweight_ignore_* rows refer to it
+    cbc_crop_size: tuple[int, int] | None = None  # CBC crop (h, w); None = the source batch's size
     cat_max_ratio: float = 0.75
     cbc_tries: int = 10
     regen_pseudo: bool = True
@@ -83,6 +84,12 @@ class SePiCoConfig:
             raise ValueError(f"uda.tau must be > 0, got {self.tau}")
         if not 0.0 < self.cat_max_ratio <= 1.0:
             raise ValueError(f"uda.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}")
+        if self.cbc_tries < 1:
+            raise ValueError(f"uda.cbc_tries must be >= 1, got {self.cbc_tries}")
+        if self.rcs_temperature is not None and self.rcs_temperature <= 0:
+            raise ValueError(f"uda.rcs_temperature must be > 0 or None (off), got {self.rcs_temperature}")
+        if self.rcs_min_pixels < 0 or not 0.0 <= self.rcs_min_crop_ratio <= 1.0:
+            raise ValueError("uda.rcs_min_pixels must be >= 0 and uda.rcs_min_crop_ratio in [0, 1]")
 
     @property
     def reg_weight(self) -> float:
@@ -105,8 +112,9 @@ class SePiCoConfig:
         if unknown:
             raise ValueError(f"{key}.{unknown[0]}: not a SePiCo setting; valid keys: {sorted(known)}")
         cfg.pop("type", None)
-        if "crop_size" in cfg:
-            cfg["crop_size"] = tuple(int(v) for v in cfg["crop_size"])
+        for size_key in ("crop_size", "cbc_crop_size"):
+            if cfg.get(size_key) is not None:
+                cfg[size_key] = tuple(int(v) for v in cfg[size_key])
         return cls(**cfg)
 
     def to_dict(self) -> dict:
@@ -164,49 +172,28 @@ class CropBox(NamedTuple):
     balanced: bool
 
 
-def _crop_score(crop: Tensor, cat_max_ratio: float, ignore_index: int) -> tuple[float, bool]:
-    valid = crop[crop != ignore_index].long()
-    if valid.numel() == 0:
-        return 0.0, False
-    counts = torch.bincount(valid.flatten())
-    counts = counts[counts > 0]
-    ok = counts.numel() > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio
-    if not ok:
-        return 0.0, False
-    return float(counts[counts > 1].double().log().sum().item()), True
-
-
 def class_balanced_crop_box(pseudo_label: Tensor, crop_size: tuple[int, int], cat_max_ratio: float = 0.75,
                             tries: int = 10, generator: torch.Generator | None = None,
                             ignore_index: int = 255) -> CropBox:
-    """Class-balanced crop box on a target pseudo-label ``(H, W)`` (SePiCo CBC, ``ours_transforms
-    .RandomCrop``; uda_mmseg.md 3.1).
-
-    ``tries`` uniformly random boxes of ``crop_size`` (h, w) are drawn. A box is *balanced* when its
-    pseudo-label holds more than one class and the largest class covers less than ``cat_max_ratio``
-    of its non-ignored pixels; its score is ``sum_k log n_k`` over classes with n_k > 1 pixels (favours
-    many, evenly sized classes); unbalanced boxes score 0. The first box with the highest score is
-    kept, so when no box is balanced the first random box is returned (``balanced=False``).
-    A side shorter than the crop is taken whole. ``generator`` is a CPU generator.
+    """Class-balanced crop box on one target pseudo-label ``(H, W)`` (SePiCo CBC, ``ours_transforms
+    .RandomCrop``; uda_mmseg.md 3.1): :func:`segmenters.uda.sampling.class_balanced_crop_boxes` for a
+    batch of one. ``tries`` random boxes of ``crop_size`` (h, w); a box is *balanced* when its
+    pseudo-label holds more than one class and the largest covers less than ``cat_max_ratio`` of its
+    non-ignored pixels; it scores ``sum_k log n_k`` over classes with n_k > 1 pixels, unbalanced boxes
+    score 0; the first box with the highest score is kept (without a balanced box: the first random
+    box, ``balanced=False``). A side shorter than the crop is taken whole.
     """
+    from .sampling import class_balanced_crop_boxes  # lazy: sampling imports the mmseg datasets
+
     if pseudo_label.dim() != 2:
         raise ValueError(f"class_balanced_crop_box: pseudo_label must be (H, W), got {tuple(pseudo_label.shape)}")
-    if tries < 1:
-        raise ValueError(f"class_balanced_crop_box: tries must be >= 1, got {tries}")
-    h, w = pseudo_label.shape
-    ch, cw = int(crop_size[0]), int(crop_size[1])
-    margin_h, margin_w = max(h - ch, 0), max(w - cw, 0)
-    best: CropBox | None = None
-    best_score = -1.0
-    for _ in range(tries):
-        y1 = int(torch.randint(0, margin_h + 1, (), generator=generator).item())
-        x1 = int(torch.randint(0, margin_w + 1, (), generator=generator).item())
-        y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
-        score, ok = _crop_score(pseudo_label[y1:y2, x1:x2], cat_max_ratio, ignore_index)
-        if score > best_score:
-            best_score, best = score, CropBox(y1, y2, x1, x2, ok)
-    assert best is not None
-    return best
+    labels = pseudo_label.long()
+    counted = labels[(labels != ignore_index) & (labels >= 0)]
+    num_classes = int(counted.max().item()) + 1 if counted.numel() else 1
+    res = class_balanced_crop_boxes(labels[None], crop_size, num_classes, cat_max_ratio, tries, generator,
+                                    ignore_index)
+    y1, y2, x1, x2 = (int(v) for v in res.boxes[0].tolist())
+    return CropBox(y1, y2, x1, x2, bool(res.balanced[0]))
 
 
 def crop(tensor: Tensor, box: CropBox | tuple[int, int, int, int, Any]) -> Tensor:
