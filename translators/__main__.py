@@ -20,8 +20,12 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a translator (CUT, SemST) on unpaired source/target images")
     t.add_argument("--config", required=True, help="YAML config, e.g. translators/configs/semst_tiny.yaml")
-    t.add_argument("--source", required=True, help="prepared dataset root (data/prepared/<name>) or image folder")
-    t.add_argument("--target", required=True, help="prepared dataset root or image folder")
+    t.add_argument("--source", help="prepared dataset root (data/prepared/<name>) or image folder")
+    t.add_argument("--target", help="prepared dataset root or image folder")
+    t.add_argument("--unpaired-root", help="instead of --source/--target: a CycleGAN/CUT dataset root X with "
+                                           "X/trainA (source) and X/trainB (target), e.g. datasets/horse2zebra")
+    t.add_argument("--unpaired-phase", default="train", choices=("train", "test"),
+                   help="with --unpaired-root: use X/<phase>A and X/<phase>B (default train)")
     t.add_argument("--out", required=True, help="run folder, e.g. results/runs/<pair>/<translator>/r0")
     t.add_argument("--source-split", default="train")
     t.add_argument("--target-split", default="train")
@@ -58,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from translators.train import train
+            if args.unpaired_root is not None:
+                if args.source is not None or args.target is not None:
+                    raise DataError("give either --unpaired-root X or --source/--target, not both")
+                from translators.data import unpaired_dirs
+                args.source, args.target = unpaired_dirs(args.unpaired_root, args.unpaired_phase)
+            elif args.source is None or args.target is None:
+                raise DataError("train needs --source and --target (prepared datasets or image folders), "
+                                "or --unpaired-root X (X/trainA, X/trainB)")
             overrides = list(args.overrides)
             if args.iters is not None:
                 overrides.append(f"train.iters={args.iters}")

@@ -141,6 +141,7 @@ class TrainConfig:
     amp_dtype: str = "float16"
     channels_last: bool = True       # CUDA only
     cudnn_benchmark: bool = True     # CUDA only; set false for bit-exact GPU resume
+    cpu_malloc_tuning: bool = True   # CPU only: glibc keeps freed memory (methods.base.tune_cpu_allocator)
     device: str = "auto"
 
 

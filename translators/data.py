@@ -3,6 +3,8 @@
 A domain is either a prepared dataset (``data/prepared/<name>``, read through
 :class:`domains.prepared.PreparedDataset`) or a plain folder of images (searched recursively;
 the stem is the relative path without suffix). Images become float tensors in [-1, 1].
+An unpaired dataset root in the CycleGAN/CUT layout (``X/trainA``, ``X/trainB``, ``X/testA``,
+``X/testB``, e.g. horse2zebra) gives two such folders: :func:`unpaired_dirs`.
 
 Determinism: the batch of iteration ``step`` is a pure function of ``(seed, step)``. Source images
 are visited in a fresh permutation per epoch (``numpy`` Generator seeded with (seed, 0, epoch)),
@@ -88,6 +90,30 @@ def open_domain(root: str | Path, split: str = "train") -> Domain:
         raise DataError(f"no images found in {root} (split '{split}'); the domain is empty -- "
                         f"check the path or the split list")
     return Domain(root=root, split=split, items=items, name=name, img_suffix=img_suffix)
+
+
+#: sub-folders of an unpaired dataset root (CycleGAN/CUT layout, e.g. horse2zebra, maps)
+UNPAIRED_PHASES = ("train", "test")
+
+
+def unpaired_dirs(root: str | Path, phase: str = "train") -> tuple[Path, Path]:
+    """``(<root>/<phase>A, <root>/<phase>B)`` of an unpaired dataset root in the CycleGAN/CUT layout
+    (``trainA``, ``trainB``, ``testA``, ``testB``: one image folder per domain and phase, as
+    horse2zebra or maps ship). A -> B is the translation direction. Raises DataError naming the
+    missing folder and the folders that are there."""
+    root = Path(root)
+    if phase not in UNPAIRED_PHASES:
+        raise DataError(f"unpaired phase must be one of {UNPAIRED_PHASES}, got {phase!r}")
+    if not root.is_dir():
+        raise DataError(f"unpaired dataset root {root} does not exist; expected {root}/{{trainA,trainB,testA,testB}}")
+    dirs = (root / f"{phase}A", root / f"{phase}B")
+    missing = [d.name for d in dirs if not d.is_dir()]
+    if missing:
+        present = sorted(p.name for p in root.iterdir() if p.is_dir()) or ["no folders"]
+        raise DataError(f"unpaired dataset root {root} lacks {', '.join(missing)} (it has: {', '.join(present)}); "
+                        f"the layout is {root}/{phase}A (source domain) and {root}/{phase}B (target domain) "
+                        "with images, as in the CycleGAN/CUT datasets (e.g. horse2zebra)")
+    return dirs
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -12,7 +12,6 @@ where s_ij = q_i.k_j for j != i and the self term s_ii is set to -10 (CUT masks 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 SELF_MASK = -10.0
 
@@ -47,7 +46,8 @@ def patchnce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, tau: float = 0.07,
     l_pos, l_neg = patch_similarities(feat_q, feat_k, batch_size)
     p = l_neg.shape[1]
     eye = torch.eye(p, dtype=torch.bool, device=feat_q.device)
-    l_neg = l_neg.masked_fill(eye, SELF_MASK).reshape(-1, p)
-    logits = torch.cat([l_pos[:, None], l_neg], dim=1) / tau
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=feat_q.device)
-    return F.cross_entropy(logits, target, reduction="none")
+    # CE with target 0 over [l_pos, l_neg] / tau, written as logsumexp - l_pos / tau (no (N, P+1)
+    # concatenation, no target tensor; equal to F.cross_entropy up to float rounding)
+    neg = torch.logsumexp(l_neg.masked_fill(eye, SELF_MASK).reshape(-1, p) / tau, dim=1)
+    pos = l_pos / tau
+    return torch.logaddexp(pos, neg) - pos

@@ -68,7 +68,7 @@ class PatchSampleF(nn.Module):
             b, c, h, w = feat.shape
             if c != self.in_channels[l]:
                 raise ValueError(f"feature layer {l} has {c} channels, PatchSampleF expects {self.in_channels[l]}")
-            flat = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
+            flat = feat.flatten(2)  # (B, C, H*W)
             if patch_ids is not None:
                 ids = patch_ids[l].to(feat.device)
             elif num_patches > 0:
@@ -77,7 +77,8 @@ class PatchSampleF(nn.Module):
                 ids = ids.to(feat.device)
             else:
                 ids = torch.arange(h * w, device=feat.device)
-            sample = flat[:, ids, :].flatten(0, 1)  # (B*P, C)
+            # gather on the contiguous (B, C, H*W) view (index_select; its backward is index_add)
+            sample = flat.index_select(2, ids).transpose(1, 2).reshape(-1, c)  # (B*P, C)
             # normalised in float32 so the 1e-7 eps survives autocast (fp16/bf16)
             out.append(l2_normalize(mlp(sample).float(), dim=1))
             ids_out.append(ids)
