@@ -4,7 +4,8 @@
 #   snakemake --cores 2 --profile workflow/profiles/default results/minicity_bdl_semst.csv
 # Rules are thin calls of the package CLIs (python -m domains|translators|segmenters ...).
 
-configfile: "config/config.yaml"
+# config/config.yaml of the working directory when it has one (`--directory`), else the repository's
+configfile: "config/config.yaml" if os.path.exists("config/config.yaml") else f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -43,5 +44,8 @@ include: "workflow/rules/translate.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/pseudolabel.smk"
+include: "workflow/rules/proda.smk"
 include: "workflow/rules/evaluate.smk"
+# tables.smk before report.smk: it narrows {combo} so results/<pair>_<table>.csv is not a final table
+include: "workflow/rules/tables.smk"
 include: "workflow/rules/report.smk"

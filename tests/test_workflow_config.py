@@ -46,8 +46,8 @@ def test_schema_errors_name_the_key(tmp_path, override, key):
 @pytest.mark.parametrize("target, message", [
     ("results/foo_bdl_semst.csv", "pair 'foo' is not defined"),
     ("results/minicity_xyz_semst.csv", "config key 'uda'"),
-    ("results/minicity_proda_semst.csv", "planned but not implemented yet (config key 'uda.proda.status'"),
-    ("results/minicity_bdl_ldr.csv", "config key 'translators.ldr.status'"),
+    ("results/minicity_bdl_ldr.csv", "config key 'translators.ldr.direction'"),
+    ("results/minicity_ldr_semst.csv", "config key 'uda.ldr.translator_direction'"),
     ("results/gta2cs_bdl_none.csv", "config key pairs.gta2cs.target.raw"),
 ])
 def test_bad_names_stop_before_any_job(tmp_path, target, message):
@@ -66,3 +66,15 @@ def test_missing_dataset_root_shows_the_expected_layout(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "pairs.gta2cs.source.raw" in out and "images/00001.png" in out and "(GTA5 as it ships)" in out
+
+
+def test_planned_methods_are_refused_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["uda"]["bdl"]["status"] = "planned"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/minicity_bdl_semst.csv", configfile=path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "planned but not implemented yet (config key 'uda.bdl.status'" in out, out
+    assert not (tmp_path / "data").exists()

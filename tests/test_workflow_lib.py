@@ -67,12 +67,14 @@ def test_parse_combo_and_target_names():
 
 def test_planned_methods_are_refused_with_the_key():
     config = default_config()
-    with pytest.raises(wfc.ConfigError, match=r"not implemented yet.*uda\.proda\.status"):
-        wfc.check_combination(config, "minicity", "proda", "semst")
-    with pytest.raises(wfc.ConfigError, match=r"translators\.spade\.status"):
-        wfc.check_combination(config, "minicity", "bdl", "spade")
+    config["uda"]["sepico"]["status"] = "planned"
+    config["translators"]["cut"]["status"] = "planned"
+    with pytest.raises(wfc.ConfigError, match=r"not implemented yet.*uda\.sepico\.status"):
+        wfc.check_combination(config, "minicity", "sepico", "semst")
+    with pytest.raises(wfc.ConfigError, match=r"translators\.cut\.status"):
+        wfc.check_combination(config, "minicity", "bdl", "cut")
     with pytest.raises(wfc.ConfigError, match="uses_source"):
-        wfc.check_combination(config, "minicity", "oracle", "cut")
+        wfc.check_combination(config, "minicity", "oracle", "semst")
     wfc.check_combination(config, "minicity", "oracle", "none")
 
 

@@ -119,6 +119,32 @@ def target_dir(pair):
     return prepared_dir(pair_cfg(pair)["target"]["name"])
 
 
+def is_target_to_source(translator):
+    """Translators trained target -> source refine the target train split (LDR's T->S CycleGAN)."""
+    return wfc.translator_direction(translator_cfg(translator)) == wfc.TARGET_TO_SOURCE
+
+
+def translation_domains(pair, translator):
+    """(from, to) prepared datasets of a translator: its `--source`/`--target`, and what `refine` reads."""
+    src, tgt = source_dir(pair), target_dir(pair)
+    return (tgt, src) if is_target_to_source(translator) else (src, tgt)
+
+
+def refined_origin_dir(pair, tag):
+    """Prepared dataset a refined set data/refined/<pair>/<tag>/r<k> was translated from."""
+    translator = tag if tag in config["translators"] else combo_parts(tag)[1]
+    return translation_domains(pair, translator)[0]
+
+
+def guide_segmenter(pair, translator):
+    """Round-0 segmenter that guides round-0 training of a guided translator (SPADE), else None."""
+    guide = translator_cfg(translator).get("guide")
+    if not guide:
+        return None
+    uda, guide_translator = combo_parts(guide)
+    return segmenter_ckpt(pair, uda, guide_translator, 0)
+
+
 def translator_config_file(pair, translator):
     """translators/configs/<method>_<preset>.yaml (checked at DAG build, not mid-run)."""
     t = translator_cfg(translator)
@@ -203,10 +229,15 @@ def check_round(pair, uda, translator, k):
     if k > 0 and not uda_cfg(uda).get("multi_round", False):
         raise WorkflowError(f"Config error: uda '{uda}' has a single round (config key 'uda.{uda}.multi_round' is "
                             f"false); round r{k} does not exist")
-    if k > pair_cfg(pair)["rounds"]["max"]:
-        raise WorkflowError(f"Config error: round r{k} exceeds config key 'pairs.{pair}.rounds.max' = "
-                            f"{pair_cfg(pair)['rounds']['max']}")
+    if k > rounds_of(pair, uda)["max"]:
+        key = f"uda.{uda}.rounds.max" if "max" in uda_cfg(uda).get("rounds", {}) else f"pairs.{pair}.rounds.max"
+        raise WorkflowError(f"Config error: round r{k} exceeds config key '{key}' = {rounds_of(pair, uda)['max']}")
     return k
+
+
+def rounds_of(pair, uda):
+    """The pair's `rounds` with the method's own `uda.<uda>.rounds` on top (ProDA: a fixed stage schedule)."""
+    return {**pair_cfg(pair)["rounds"], **uda_cfg(uda).get("rounds", {})}
 
 
 def dirname_of(path):
@@ -233,8 +264,22 @@ def prepare_input(wc):
 def translator_r0_input(wc):
     if not has_translator(wc.translator):
         raise WorkflowError("translator 'none' has no training job")
-    return {"src": source_dir(wc.pair), "tgt": target_dir(wc.pair),
-            "config": translator_config_file(wc.pair, wc.translator)}
+    src, tgt = translation_domains(wc.pair, wc.translator)
+    inputs = {"src": src, "tgt": tgt, "config": translator_config_file(wc.pair, wc.translator)}
+    guide = guide_segmenter(wc.pair, wc.translator)
+    if guide:
+        inputs["guide"] = guide
+    return inputs
+
+
+def translator_guide_flags(wc, input):
+    """`--feedback-segmenter <guide>` for guided translators' round 0 (SPADE's M is a source-only model)."""
+    return wfc.join_quoted(["--feedback-segmenter", input.guide]) if "guide" in input.keys() else ""
+
+
+def translator_r0_code(wc):
+    """Guided translators also depend on the segmenters package (the guide is loaded through it)."""
+    return CODE["translate_feedback"] if translator_cfg(wc.translator).get("guide") else CODE["translate"]
 
 
 def translator_round_input(wc):
@@ -243,9 +288,9 @@ def translator_round_input(wc):
         raise WorkflowError(f"translator '{wc.translator}' takes no feedback: its rounds reuse round 0")
     prev = (f"results/runs/{wc.pair}/{wc.translator}/r0/final.pt" if k == 1
             else f"results/runs/{wc.pair}/{wc.uda}_{wc.translator}/r{k - 1}/translator/final.pt")
+    src, tgt = translation_domains(wc.pair, wc.translator)
     return {"prev": prev, "segmenter": segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1),
-            "src": source_dir(wc.pair), "tgt": target_dir(wc.pair),
-            "config": translator_config_file(wc.pair, wc.translator)}
+            "src": src, "tgt": tgt, "config": translator_config_file(wc.pair, wc.translator)}
 
 
 def segmenter_input(wc):
@@ -268,7 +313,8 @@ def segmenter_flags(wc, input):
     seg = pair_cfg(wc.pair)["segmenter"]
     flags = []
     if "refined" in input.keys():
-        flags += ["--source-images", dirname_of(input.refined)]
+        which = "--target-images" if is_target_to_source(combo_parts(f"{wc.uda}_{wc.translator}")[1]) else "--source-images"
+        flags += [which, dirname_of(input.refined)]
     if "pseudo" in input.keys():
         flags += ["--pseudo", dirname_of(input.pseudo)]
     if "init" in input.keys():
@@ -283,6 +329,42 @@ def segmenter_flags(wc, input):
     if options:
         flags += ["--cfg-options", *wfc.format_sets(options)]
     return wfc.join_quoted(flags)
+
+
+# ProDA (workflow/rules/proda.smk): each round is a stage with its own rule and --uda name.
+def _proda_wc(wc, k):
+    """Wildcards of round k of the `proda` combo, for the generic segmenter input/flag functions."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pair=wc.pair, uda="proda", translator=wc.translator, k=str(k))
+
+
+def proda_train_input(k=None):
+    """segmenter_input of the round (+ the previous stage's model as `teacher` from round 1 on)."""
+
+    def inputs(wc):
+        kk = int(wc.k) if k is None else k
+        out = segmenter_input(_proda_wc(wc, kk))
+        if kk >= 1:
+            out["teacher"] = segmenter_ckpt(wc.pair, "proda", wc.translator, kk - 1)
+        return out
+
+    return inputs
+
+
+def proda_train_flags(k=None):
+    """segmenter_flags of the round; from round 1 on `uda.proda.teacher` is appended to --cfg-options
+    (segmenter_flags puts --cfg-options, a multi-value option, last)."""
+
+    def flags(wc, input):
+        kk = int(wc.k) if k is None else k
+        text = segmenter_flags(_proda_wc(wc, kk), input)
+        if "teacher" in input.keys():
+            item = shlex.quote(f"uda.proda.teacher={input.teacher}")
+            text = f"{text} {item}" if " --cfg-options " in f" {text} " else f"{text} --cfg-options {item}"
+        return text
+
+    return flags
 
 
 def translator_flags(wc, round_):
@@ -330,7 +412,7 @@ def _read_metric(path, metric):
 
 def completed_rounds(pair, uda, translator):
     """Rounds 0..K of a run: each round's CSV is read (checkpoint) before round k+1 is requested."""
-    rounds = pair_cfg(pair)["rounds"]
+    rounds = rounds_of(pair, uda)
     multi = uda_cfg(uda).get("multi_round", False)
     scores, k = [], 0
     while True:
@@ -355,6 +437,17 @@ def final_table_input(wc):
     return inputs
 
 
+def uda_stage_name(uda, k):
+    """Name of round k for methods whose rounds are different training stages (ProDA), else ''."""
+    if uda != "proda":
+        return ""
+    if k == 0:
+        return "ProDA warm-up (source CE + LS-GAN output-space adversarial)"
+    if k == 1:
+        return "ProDA stage 1 (prototype-rectified soft pseudo-labels, EMA teacher)"
+    return f"ProDA stage {k} (self-distillation from r{k - 1}, hard pseudo-labels > 0.95)"
+
+
 def stage_descriptions(wc, input):
     """One line per round: what the round trained on (becomes the table's 'stage' column)."""
     uda, translator = combo_parts(wc.combo)
@@ -363,8 +456,13 @@ def stage_descriptions(wc, input):
     for k in range(n):
         refined = refined_manifest(wc.pair, uda, translator, k)
         raw_source = prepared_dir(pair_cfg(wc.pair)["source"]["name"])
-        images = dirname_of(refined) if refined else f"raw {raw_source}"
-        parts = [f"segmenter {segmenter_ckpt(wc.pair, uda, translator, k)}", f"source {images}"]
+        parts = [f"segmenter {segmenter_ckpt(wc.pair, uda, translator, k)}"]
+        if uda_stage_name(uda, k):
+            parts.insert(0, uda_stage_name(uda, k))
+        if refined and is_target_to_source(translator):
+            parts += [f"source raw {raw_source}", f"target {dirname_of(refined)}"]
+        else:
+            parts.append(f"source {dirname_of(refined)}" if refined else f"source raw {raw_source}")
         if k > 0 and uda_cfg(uda).get("pseudo_labels", False):
             parts.append(f"pseudo {dirname_of(pseudo_meta(wc.pair, uda, translator, k - 1))}")
         if refined:
@@ -375,7 +473,7 @@ def stage_descriptions(wc, input):
 
 def rounds_param(wc):
     uda, _ = combo_parts(wc.combo)
-    r = dict(pair_cfg(wc.pair)["rounds"])
+    r = dict(rounds_of(wc.pair, uda))
     r["multi_round"] = bool(uda_cfg(uda).get("multi_round", False))
     r["class_set"] = pair_cfg(wc.pair)["evaluate"]["class_set"]
     return r
@@ -388,3 +486,131 @@ def default_targets(wc):
         checked(wfc.check_combination, config, pair, uda, translator)
         targets.append(f"results/{pair}_{uda}_{translator}.csv")
     return targets
+
+
+# ---------------------------------------------------------------- summary tables (tables.smk)
+from wflib import tables as wft  # noqa: E402
+
+
+def table_free_combo():
+    """{combo} pattern without the table names (results/<pair>_translation_table.csv is no final table)."""
+    names = ("translation_table", "translation_published", "uda_table", "uda_published")
+    return r"(?!(?:{})(?![a-z0-9_])){}".format("|".join(names), WILDCARDS["combo"])
+
+
+def metrics_code():
+    """Hash of what the translation-metric rules run (translators.metrics + the segmenter loader)."""
+    return code_hash(REPO, ["domains", "segmenters", "translators/metrics"])
+
+
+def tables_checked(fn, *args):
+    """A wft look-up; a TablesConfigError becomes a WorkflowError that stops DAG building."""
+    try:
+        return fn(*args)
+    except wft.TablesConfigError as err:
+        raise WorkflowError(f"Config error: {err}")
+
+
+def tables_settings(pair):
+    pair_cfg(pair)
+    return wft.table_settings(config, pair)
+
+
+def translation_rows(pair):
+    return tables_checked(wft.translation_plan, config, pair)
+
+
+def oracle_segmenter(pair):
+    s = tables_settings(pair)["translation"]
+    return segmenter_ckpt(pair, s["oracle"], s["reference"], 0)
+
+
+def translation_fcn_input(wc):
+    inputs = {"segmenter": oracle_segmenter(wc.pair), "src": source_dir(wc.pair)}
+    if has_translator(wc.translator):
+        inputs["refined"] = f"data/refined/{wc.pair}/{wc.translator}/r0/manifest.json"
+    return inputs
+
+
+def translation_fcn_flags(wc, input):
+    s = tables_settings(wc.pair)["translation"]
+    flags = ["--split", s["split"], "--class-set", str(pair_cfg(wc.pair)["evaluate"]["class_set"]),
+             "--translator", wc.translator]
+    if "refined" in input.keys():
+        flags += ["--images", dirname_of(input.refined)]
+    if s.get("limit"):
+        flags += ["--limit", str(s["limit"])]
+    return wfc.join_quoted(flags)
+
+
+def inception_weights(pair):
+    """The configured FID weights file (None: no FID/KID); a missing file stops DAG building."""
+    path = tables_settings(pair)["translation"].get("inception_weights")
+    if path and not (Path(path) if Path(path).is_absolute() else WORKDIR / path).is_file():
+        raise WorkflowError(f"Config error: config key 'tables.translation.inception_weights' = {path!r}: file not "
+                            "found. Give pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or torch-fidelity's "
+                            "weights-inception-2015-12-05-6726825d.pth), or null to leave FID/KID out")
+    return path or None
+
+
+def translation_fid_input(wc):
+    weights = inception_weights(wc.pair)
+    if weights is None:
+        raise WorkflowError(f"FID/KID of pair '{wc.pair}' need config key 'tables.translation.inception_weights'")
+    inputs = {"weights": weights, "src": source_dir(wc.pair), "tgt": target_dir(wc.pair)}
+    if has_translator(wc.translator):
+        inputs["refined"] = f"data/refined/{wc.pair}/{wc.translator}/r0/manifest.json"
+    return inputs
+
+
+def translation_fid_flags(wc, input):
+    s = tables_settings(wc.pair)["translation"]
+    fid = s["fid"]
+    flags = ["--real-prepared", input.tgt, "--real-split", fid["real_split"], "--kid-subsets", str(fid["kid_subsets"]),
+             "--kid-subset-size", str(fid["kid_subset_size"]), "--translator", wc.translator]
+    if "refined" in input.keys():
+        flags += ["--fake-dir", dirname_of(input.refined)]
+    else:
+        flags += ["--fake-prepared", input.src, "--fake-split", s["split"]]
+    if fid.get("limit"):
+        flags += ["--fake-limit", str(fid["limit"]), "--real-limit", str(fid["limit"])]
+    return wfc.join_quoted(flags)
+
+
+def translation_table_input(wc):
+    names, _ = translation_rows(wc.pair)
+    ref = names[0]
+    base = f"results/{wc.pair}/translation"
+    inputs = {"fcn": [f"{base}/{t}/fcn.csv" for t in names],
+              "delta": [f"{base}/{t}/distortion.npy" for t in names if t != ref],
+              "heatmaps": [f"results/plots/{wc.pair}/translation/{t}_distortion.png" for t in names if t != ref]}
+    if inception_weights(wc.pair):
+        inputs["fid"] = [f"{base}/{t}/fid.csv" for t in names]
+    return inputs
+
+
+def translation_table_notes(wc):
+    _, notes = translation_rows(wc.pair)
+    s = tables_settings(wc.pair)
+    if not s["translation"].get("inception_weights"):
+        notes = notes + ["FID/KID columns left out: config key 'tables.translation.inception_weights' is null "
+                         "(the FID Inception-V3 weights cannot be downloaded here; give the file's path to add them)"]
+    return notes
+
+
+def uda_rows(pair):
+    combos, notes = tables_checked(wft.uda_plan, config, pair)
+    return combos, notes
+
+
+def uda_table_input(wc):
+    combos, _ = uda_rows(wc.pair)
+    for uda, translator in combos:
+        checked(wfc.check_combination, config, wc.pair, uda, translator)
+    return {"finals": [f"results/{wc.pair}_{u}_{t}.csv" for u, t in combos]}
+
+
+def published_params(wc, kind):
+    p = tables_settings(wc.pair)["published"]
+    return {"files": [str(f) for f in p.get(kind, [])], "task": p.get("task"), "same_dataset": bool(p.get("same_dataset")),
+            "repo": str(REPO)}

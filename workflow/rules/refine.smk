@@ -1,11 +1,12 @@
-# Refine the whole source train split with a trained translator (images + manifest.json, last).
+# Refine the whole source train split with a trained translator (images + manifest.json, last);
+# target_to_source translators refine the target train split instead.
 
 
 rule refine:
     """Round-0 refined set, shared by every UDA method: data/refined/<pair>/<translator>/r0."""
     input:
         checkpoint="results/runs/{pair}/{translator}/r0/final.pt",
-        src=lambda wc: source_dir(wc.pair),
+        src=lambda wc: translation_domains(wc.pair, wc.translator)[0],
     output:
         "data/refined/{pair}/{translator}/r0/manifest.json",
     params:
@@ -31,7 +32,7 @@ rule refine_round:
     """Round-k refined set (k >= 1, feedback translators): data/refined/<pair>/<uda>_<translator>/r<k>."""
     input:
         checkpoint="results/runs/{pair}/{uda}_{translator}/r{k}/translator/final.pt",
-        src=lambda wc: source_dir(wc.pair),
+        src=lambda wc: translation_domains(wc.pair, wc.translator)[0],
     output:
         "data/refined/{pair}/{uda}_{translator}/r{k}/manifest.json",
     params:

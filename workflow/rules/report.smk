@@ -46,7 +46,7 @@ rule sample_grid:
     """Source images next to their refined versions (first rows of a refined set)."""
     input:
         manifest="data/refined/{pair}/{tag}/r{k}/manifest.json",
-        src=lambda wc: source_dir(wc.pair),
+        src=lambda wc: refined_origin_dir(wc.pair, wc.tag),
     output:
         report(
             "results/plots/{pair}/{tag}/r{k}/samples.png",

@@ -1,6 +1,8 @@
 # Translator training. Round 0 (no feedback) depends only on <pair>/<translator> and is shared by
 # every UDA method; rounds >= 1 fine-tune it with the previous segmenter's feedback (translators
-# with `feedback: true`) under <pair>/<uda>_<translator>/r<k>/translator/.
+# with `feedback: true`) under <pair>/<uda>_<translator>/r<k>/translator/. Guided translators
+# (`guide:`, SPADE) train round 0 with the guide's round-0 segmenter; target_to_source ones (LDR's
+# CycleGAN) swap --source and --target.
 
 
 rule translator_train:
@@ -15,7 +17,8 @@ rule translator_train:
         state=TRANSLATOR_STATE,
         out=lambda wc, output: os.path.dirname(output[0]),
         flags=lambda wc: translator_flags(wc, 0),
-        code=CODE["translate"],
+        guide=translator_guide_flags,
+        code=translator_r0_code,
     threads: threads_for("translate")
     resources:
         mem_mb=resource("translate", "mem_mb"),
@@ -31,7 +34,7 @@ rule translator_train:
         "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
         " --key-input {input} --"
         " {params.python} -m translators train --config {input.config} --source {input.src} --target {input.tgt}"
-        " --out {params.out} --no-progress {params.flags} > {log} 2>&1"
+        " --out {params.out} --no-progress {params.guide} {params.flags} > {log} 2>&1"
 
 
 rule translator_finetune:

@@ -94,7 +94,7 @@ def sample_grid(source_root: str | os.PathLike, refined_dir: str | os.PathLike, 
     for stem in _stems(source_root, "train", n):
         src = Path(split["image_dir"]) / f"{stem}{split['img_suffix']}"
         rows.append([_thumb(src), _thumb(_find_image(Path(refined_dir), stem))])
-    _grid(rows, ["source", "refined"], path, f"translated samples: {refined_dir}")
+    _grid(rows, ["input", "refined"], path, f"translated samples: {refined_dir}")
 
 
 def pseudo_grid(target_root: str | os.PathLike, pseudo_dir: str | os.PathLike, path: str | os.PathLike,

@@ -35,6 +35,9 @@ MINICITY_SUBDIR = {"gta5": "gta5", "synthia": "synthia", "cityscapes": "cityscap
 class ConfigError(ValueError):
     """The workflow config names something that does not exist; the message names the key."""
 
+SOURCE_TO_TARGET = "source_to_target"
+TARGET_TO_SOURCE = "target_to_source"
+
 
 def deep_merge(base: dict, override: dict | None) -> dict:
     """``base`` updated recursively by ``override`` (both left unchanged)."""
@@ -157,6 +160,25 @@ def check_combination(config: dict, pair: str, uda: str, translator: str) -> Non
     if not u.get("uses_source", True) and t["method"] != "none":
         raise ConfigError(f"uda '{uda}' trains on target labels only (config key 'uda.{uda}.uses_source' is false), "
                           f"so a translator is pointless: request results/{pair}_{uda}_none.csv")
+    wanted = u.get("translator_direction", SOURCE_TO_TARGET)
+    if t["method"] != "none" and translator_direction(t) != wanted:
+        fitting = [n for n, s in config["translators"].items() if s["method"] == "none"
+                   or (translator_direction(s) == wanted and s.get("status", "implemented") == "implemented")]
+        raise ConfigError(f"uda '{uda}' consumes {wanted} translations (config key 'uda.{uda}.translator_direction') "
+                          f"but translator '{translator}' is {translator_direction(t)} (config key "
+                          f"'translators.{translator}.direction'); choose one of: {', '.join(fitting)}")
+    guide = t.get("guide")
+    if guide:
+        g_uda, g_translator = parse_combo(guide, config)
+        if method_spec(config, "translators", g_translator).get("guide"):
+            raise ConfigError(f"config key 'translators.{translator}.guide' = {guide!r}: the guide's translator "
+                              f"'{g_translator}' needs a guide itself; use an unguided one, e.g. source_only_none")
+        check_combination(config, pair, g_uda, g_translator)
+
+
+def translator_direction(spec: dict) -> str:
+    """``source_to_target`` (refines the source set) or ``target_to_source`` (refines the target set)."""
+    return spec.get("direction", SOURCE_TO_TARGET)
 
 
 def dataset_table(config: dict) -> dict[str, dict]:

@@ -1,0 +1,350 @@
+"""Summary tables of a pair in the seed paper's layout (SemST Tables 1 and 2) -- pure logic.
+
+* ``results/<pair>_translation_table.csv`` (Table 1 layout): one row per translator with the
+  FCN-score of its round-0 refined source set (pixel acc, class acc, mIoU of the target oracle
+  segmenter vs the source labels), the semantic-distortion summary against the reference
+  translator ``none`` (raw source images) and, when an Inception weights file is configured,
+  FID/KID against the target val images.
+* ``results/<pair>_uda_table.csv`` (Table 2 layout): one row per UDA method x translator with the
+  per-class IoU and mIoU of the best round of ``results/<pair>_<uda>_<translator>.csv``.
+
+Which translators / methods each table lists is config data (``tables:`` in config/config.yaml,
+overridable per pair by ``tables.per_pair.<pair>`` and ``pairs.<pair>.tables``). Planned
+(``status: planned``) or unknown-combination entries are skipped with a note that the report shows.
+
+Published numbers (config/published/*.csv) are kept in their own frame with a ``source`` and a
+``dataset`` column -- never mixed into our rows (minicity is not GTA5 -> Cityscapes).
+
+Distortion (translators.metrics.distortion): with P = row-normalised confusion of the oracle
+(label i -> predicted j), D = P(refined by t) - P(raw source); both confusions come from the
+FCN-score runs, so no second inference is needed.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: default ``tables:`` settings (the JSON schema fills the same defaults)
+DEFAULTS: dict = {
+    "translation": {
+        "translators": ["none", "cut", "semst", "semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1",
+                        "semst_ts2", "cyclegan", "spade"],
+        "reference": "none",
+        "oracle": "oracle",
+        "split": "train",
+        "limit": None,
+        "watch": ["sky"],
+        "top_flows": 3,
+        "inception_weights": None,
+        "fid": {"real_split": "val", "kid_subsets": 100, "kid_subset_size": 1000, "limit": None},
+    },
+    "uda": {
+        "methods": ["source_only", "oracle", "bdl", "sepico", "proda"],
+        "translators": ["none", "cut", "semst"],
+        "extra": [],
+    },
+    "published": {"translation": [], "uda": [], "task": None, "same_dataset": False},
+}
+
+#: columns of a published-numbers CSV (config/published/*.csv)
+PUBLISHED_REQUIRED = ("source", "table", "task", "method")
+
+FCN_COLUMNS = ("pixel_acc", "mean_class_acc", "mIoU")
+MEAN_COLUMNS = ("mIoU", "mIoU16", "mIoU13")
+
+
+class TablesConfigError(ValueError):
+    """The ``tables:`` config names something that does not exist; the message names the key."""
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def table_settings(config: dict, pair: str) -> dict:
+    """Effective ``tables`` settings of ``pair``: defaults < ``tables`` < ``tables.per_pair.<pair>`` <
+    ``pairs.<pair>.tables``."""
+    tables = dict(config.get("tables") or {})
+    per_pair = tables.pop("per_pair", None) or {}
+    out = deep_merge(DEFAULTS, tables)
+    out = deep_merge(out, per_pair.get(pair))
+    return deep_merge(out, ((config.get("pairs") or {}).get(pair) or {}).get("tables"))
+
+
+def _status(spec: dict) -> str:
+    return spec.get("status", "implemented")
+
+
+def translation_plan(config: dict, pair: str) -> tuple[list[str], list[str]]:
+    """(translators to tabulate, notes about skipped ones). The reference translator goes first."""
+    s = table_settings(config, pair)["translation"]
+    known = config["translators"]
+    ref = s["reference"]
+    if ref not in known or known[ref]["method"] != "none":
+        raise TablesConfigError(f"config key 'tables.translation.reference' = {ref!r} must name a translator "
+                                f"with method 'none' (the raw source images); translators: {', '.join(known)}")
+    oracle = s["oracle"]
+    u = (config.get("uda") or {}).get(oracle)
+    if u is None or _status(u) != "implemented" or u.get("uses_source", True):
+        raise TablesConfigError(f"config key 'tables.translation.oracle' = {oracle!r} must name an implemented UDA "
+                                "method with uses_source: false (trained on target labels), e.g. 'oracle'")
+    kept, notes = [ref], []
+    for name in s["translators"]:
+        if name not in known:
+            raise TablesConfigError(f"config key 'tables.translation.translators' lists {name!r}, which is not a "
+                                    f"translator (config key 'translators': {', '.join(known)})")
+        if _status(known[name]) != "implemented":
+            notes.append(f"translator '{name}' skipped: status {_status(known[name])!r} (config key "
+                         f"'translators.{name}.status')")
+        elif known[name].get("direction", "source_to_target") != "source_to_target":
+            notes.append(f"translator '{name}' skipped: it translates target -> source (config key "
+                         f"'translators.{name}.direction'), so there is no refined source set to score")
+        elif name not in kept:
+            kept.append(name)
+    return kept, notes
+
+
+def uda_plan(config: dict, pair: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(list of (uda, translator) rows, notes about skipped methods/combinations)."""
+    s = table_settings(config, pair)["uda"]
+    combos, notes = [], []
+    translators = []
+    for name in s["translators"]:
+        spec = config["translators"].get(name)
+        if spec is None:
+            raise TablesConfigError(f"config key 'tables.uda.translators' lists {name!r}, which is not a translator "
+                                    f"(config key 'translators': {', '.join(config['translators'])})")
+        if _status(spec) != "implemented":
+            notes.append(f"translator '{name}' skipped: status {_status(spec)!r}")
+        else:
+            translators.append(name)
+    for uda in s["methods"]:
+        spec = config["uda"].get(uda)
+        if spec is None:
+            raise TablesConfigError(f"config key 'tables.uda.methods' lists {uda!r}, which is not a UDA method "
+                                    f"(config key 'uda': {', '.join(config['uda'])})")
+        if _status(spec) != "implemented":
+            notes.append(f"UDA method '{uda}' skipped: status {_status(spec)!r} (config key 'uda.{uda}.status')")
+            continue
+        if not spec.get("uses_source", True):   # oracle: target labels, no source images at all
+            none = [t for t in translators if config["translators"][t]["method"] == "none"]
+            combos += [(uda, t) for t in none[:1]]
+            if len(translators) > len(none[:1]):
+                notes.append(f"UDA method '{uda}' trains on target labels only: listed once, with translator none")
+            continue
+        wanted = spec.get("translator_direction", "source_to_target")
+        for t in translators:
+            t_spec = config["translators"][t]
+            if t_spec["method"] != "none" and t_spec.get("direction", "source_to_target") != wanted:
+                notes.append(f"'{uda}_{t}' skipped: uda '{uda}' consumes {wanted} translators "
+                             f"(config key 'uda.{uda}.translator_direction')")
+            else:
+                combos.append((uda, t))
+    for combo in s.get("extra", []):  # single rows outside the methods x translators grid
+        splits = [(u, combo[len(u) + 1:]) for u in config["uda"]
+                  if combo.startswith(u + "_") and combo[len(u) + 1:] in config["translators"]]
+        if len(splits) != 1:
+            raise TablesConfigError(f"config key 'tables.uda.extra' lists {combo!r}, which is not "
+                                    "<uda>_<translator> of configured names")
+        if splits[0] not in combos:
+            combos.append(splits[0])
+    return combos, notes
+
+
+# ------------------------------------------------------------------------------- translation table
+
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, cm / np.where(rows > 0, rows, 1.0), np.nan)
+
+
+def distortion(cm: np.ndarray, cm_reference: np.ndarray) -> np.ndarray:
+    """D = rownorm(cm) - rownorm(cm_reference), fractions (translators.metrics.distortion)."""
+    cm, cm_reference = np.asarray(cm), np.asarray(cm_reference)
+    if cm.shape != cm_reference.shape:
+        raise ValueError(f"confusion matrices differ in shape: {cm.shape} vs {cm_reference.shape}")
+    return row_normalise(cm) - row_normalise(cm_reference)
+
+
+def class_flows(delta: np.ndarray, cls: int, names: Sequence[str]) -> list[tuple[str, float]]:
+    """Off-diagonal changes of row ``cls`` as (target class, percentage points), largest first."""
+    row = 100.0 * np.asarray(delta, dtype=np.float64)[cls]
+    order = [j for j in np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable") if j != cls]
+    return [(names[j], float(row[j])) for j in order if np.isfinite(row[j])]
+
+
+def distortion_summary(delta: np.ndarray, names: Sequence[str], watch: Iterable[str] = ("sky",),
+                       top: int = 3) -> dict:
+    """Columns (percentage points) of one translator's distortion vs the reference.
+
+    ``mean_flip_pp``: mean over present label classes of the sum of positive off-diagonal entries;
+    ``flow_<r>``/``flow_<r>_pp``: the ``top`` largest increases overall; per watched class ``c``:
+    ``<c>_kept_pp`` (diagonal change), ``<c>_flip_pp`` (sum of positive off-diagonal changes) and
+    ``<c>_top`` / ``<c>_top_pp`` (its largest flow, e.g. sky->vegetation).
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    names = list(names)
+    present = ~np.all(np.isnan(delta), axis=1)
+    off = np.nan_to_num(delta.copy())
+    np.fill_diagonal(off, 0.0)
+    row: dict = {"mean_flip_pp": 100.0 * float(np.clip(off[present], 0, None).sum(axis=1).mean())
+                 if present.any() else float("nan")}
+    flat = np.where(off > 0, off, -np.inf).ravel()
+    n = delta.shape[0]
+    for r, i in enumerate(np.argsort(-flat, kind="stable")[: max(int(top), 0)], start=1):
+        if not np.isfinite(flat[i]):
+            break
+        row[f"flow_{r}"] = f"{names[i // n]}->{names[i % n]}"
+        row[f"flow_{r}_pp"] = 100.0 * float(flat[i])
+    for cls in watch:
+        if cls not in names:
+            raise TablesConfigError(f"config key 'tables.translation.watch' lists {cls!r}, not a class "
+                                    f"(classes: {', '.join(names)})")
+        c = names.index(cls)
+        if not present[c]:
+            row.update({f"{cls}_kept_pp": float("nan"), f"{cls}_flip_pp": float("nan"), f"{cls}_top": "",
+                        f"{cls}_top_pp": float("nan")})
+            continue
+        flows = class_flows(delta, c, names)
+        row[f"{cls}_kept_pp"] = 100.0 * float(delta[c, c])
+        row[f"{cls}_flip_pp"] = float(sum(v for _, v in flows if v > 0))
+        row[f"{cls}_top"] = f"{cls}->{flows[0][0]}" if flows else ""
+        row[f"{cls}_top_pp"] = flows[0][1] if flows else float("nan")
+    return row
+
+
+def translation_row(translator: str, fcn: dict, delta: np.ndarray | None, names: Sequence[str],
+                    watch: Iterable[str], top: int, fid: dict | None = None,
+                    description: str = "") -> dict:
+    """One row of the translation table (FCN-score in percent, distortion in percentage points)."""
+    row = {"translator": translator, "description": description, "n_images": fcn.get("n_images")}
+    for key in FCN_COLUMNS + ("mIoU16", "mIoU13"):
+        if key in fcn and not pd.isna(fcn[key]):
+            row[key] = float(fcn[key])
+    if delta is not None:
+        row.update(distortion_summary(delta, names, watch, top))
+    if fid is not None:
+        for key in ("FID", "KIDx100", "KIDx100_std", "n_real", "n_fake"):
+            if key in fid:
+                row[key] = fid[key]
+    return row
+
+
+def translation_table(rows: Sequence[dict], reference: str) -> pd.DataFrame:
+    """Rows in order; ``distortion_vs`` names the reference (its own distortion columns stay empty)."""
+    frame = pd.DataFrame(list(rows))
+    flows = sorted((c for c in frame if c.startswith("flow_")), key=lambda c: (int(c.split("_")[1]), c))
+    first = [c for c in ("translator", "description", "n_images", *FCN_COLUMNS, "mIoU16", "mIoU13", "mean_flip_pp")
+             if c in frame]
+    fid = [c for c in ("FID", "KIDx100", "KIDx100_std", "n_real", "n_fake") if c in frame]
+    rest = [c for c in frame if c not in set(first) | set(flows) | set(fid)]
+    frame = frame[first + flows + rest + fid]
+    frame.insert(2, "distortion_vs", [("(reference)" if t == reference else reference) for t in frame["translator"]])
+    return frame
+
+
+# ------------------------------------------------------------------------------------- UDA table
+
+def best_row(final_csv: str | os.PathLike) -> pd.Series:
+    """The best round's row of a final table (``best`` column), with ``best_round``/``n_rounds``."""
+    frame = pd.read_csv(final_csv)
+    if frame.empty:
+        raise ValueError(f"{final_csv}: no rounds")
+    if "best" in frame:
+        best = frame[frame["best"].astype(str).str.lower() == "true"]
+        chosen = best.iloc[0] if len(best) else frame.loc[frame["mIoU"].astype(float).idxmax()]
+    else:
+        chosen = frame.loc[frame["mIoU"].astype(float).idxmax()]
+    chosen = chosen.copy()
+    chosen["best_round"] = int(chosen.get("round", 0))
+    chosen["n_rounds"] = len(frame)
+    return chosen
+
+
+def uda_table(entries: Sequence[tuple[str, str, str]], class_names: Sequence[str]) -> pd.DataFrame:
+    """``entries``: (uda, translator, final csv). Columns: uda, translator, best_round, n_rounds,
+    per-class IoU (class names, in percent), the means present (mIoU, mIoU16, mIoU13)."""
+    rows = []
+    for uda, translator, path in entries:
+        best = best_row(path)
+        row = {"uda": uda, "translator": translator, "best_round": best["best_round"], "n_rounds": best["n_rounds"]}
+        for name in class_names:
+            row[name] = float(best[name]) if name in best and not pd.isna(best[name]) else float("nan")
+        for m in MEAN_COLUMNS:
+            if m in best and not pd.isna(best[m]):
+                row[m] = float(best[m])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ published numbers
+
+def load_published(paths: Sequence[str | os.PathLike], task: str | None, base: Path | None = None) -> pd.DataFrame:
+    """Rows of the published CSVs for ``task`` (all tasks when None), with their ``source`` kept.
+
+    Paths are relative to ``base`` (the repository) unless absolute. Values stay as published,
+    except that fractions (``unit`` = fraction) are converted to percent so they read like ours.
+    """
+    frames = []
+    for p in paths:
+        path = Path(p)
+        path = path if path.is_absolute() or base is None else base / path
+        if not path.is_file():
+            raise TablesConfigError(f"published-numbers file {path} does not exist (config key 'tables.published')")
+        frame = pd.read_csv(path, na_values=["-", "\\"])
+        missing = [c for c in PUBLISHED_REQUIRED if c not in frame]
+        if missing:
+            raise TablesConfigError(f"{path}: missing column(s) {missing}; needs {list(PUBLISHED_REQUIRED)}")
+        frame["file"] = path.name
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    if task is not None:
+        out = out[out["task"] == task].reset_index(drop=True)
+    if "unit" in out:
+        fraction = out["unit"] == "fraction"
+        for col in FCN_COLUMNS:
+            if col in out:
+                out.loc[fraction, col] = 100.0 * out.loc[fraction, col]
+        out.loc[fraction, "unit"] = "percent (paper: fraction x 100)"
+    empty = [c for c in (*FCN_COLUMNS, "RMSE", "acc@5", "acc@10") if c in out and out[c].isna().all()]
+    return out.drop(columns=empty)   # metrics of other tasks (class columns stay: '-' = not evaluated)
+
+
+def published_view(published: pd.DataFrame, pair: str, task: str | None, same_dataset: bool) -> pd.DataFrame:
+    """Label published rows so nobody reads them as ours: a ``dataset`` column and a caveat."""
+    if published.empty:
+        return published
+    out = published.copy()
+    caveat = ("same benchmark, published numbers" if same_dataset
+              else f"another dataset ({task}); not comparable with {pair}")
+    out.insert(0, "shown_for_pair", pair)
+    out.insert(1, "caveat", caveat)
+    return out
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame.to_csv(tmp, index=False, float_format="%.4f")
+    os.replace(tmp, path)
+
+
+__all__ = ["DEFAULTS", "TablesConfigError", "best_row", "class_flows", "distortion", "distortion_summary",
+           "load_published", "published_view", "table_settings", "translation_plan", "translation_row",
+           "translation_table", "uda_plan", "uda_table", "write_csv_atomic"]

@@ -1,0 +1,33 @@
+"""Snakemake script of rule uda_table: best round of each results/<pair>_<uda>_<translator>.csv
+(SemST Table 2 layout: per-class IoU + mIoU), and the published numbers in a separate CSV."""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+
+import pandas as pd  # noqa: E402
+
+from domains.labels import CLASSES  # noqa: E402
+from wflib import tables as wft  # noqa: E402
+
+sm = snakemake  # noqa: F821
+logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(levelname)s %(message)s")
+log = logging.getLogger("uda_table")
+
+entries = [(uda, translator, path) for (uda, translator), path in zip(sm.params.combos, sm.input.finals)]
+table = wft.uda_table(entries, CLASSES)
+if int(sm.params.class_set) == 19:
+    table = table.drop(columns=[c for c in ("mIoU16", "mIoU13") if c in table])
+wft.write_csv_atomic(table, sm.output.table)
+for note in sm.params.notes:
+    log.info("note: %s", note)
+pub = sm.params.published
+published = wft.load_published(pub["files"], pub["task"], Path(pub["repo"]))
+view = wft.published_view(published, sm.wildcards.pair, pub["task"], pub["same_dataset"])
+if view.empty:
+    view = pd.DataFrame({"shown_for_pair": [sm.wildcards.pair],
+                         "caveat": [f"no published numbers for task {pub['task']!r} in {pub['files']}"]})
+wft.write_csv_atomic(view, sm.output.published)
+log.info("wrote %s (%d rows) and %s", sm.output.table, len(table), sm.output.published)
