@@ -71,15 +71,9 @@ def table_job() -> None:
     wft.write_csv_atomic(table, sm.output.table)
     for note in sm.params.notes:
         log.info("note: %s", note)
-    pub = sm.params.published
-    published = wft.load_published(pub["files"], pub["task"], Path(pub["repo"]))
-    view = wft.published_view(published, sm.wildcards.pair, pub["task"], pub["same_dataset"])
-    if view.empty:
-        view = pd.DataFrame({"shown_for_pair": [sm.wildcards.pair],
-                             "caveat": [f"no published numbers for task {pub['task']!r} in {pub['files']}"]})
-    wft.write_csv_atomic(view, sm.output.published)
+    n_published = wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published)
     log.info("wrote %s (%d translators) and %s (%d published rows)", sm.output.table, len(table),
-             sm.output.published, len(published))
+             sm.output.published, n_published)
 
 
 if sm.rule == "translation_distortion":

@@ -7,7 +7,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
 
-import pandas as pd  # noqa: E402
 
 from domains.labels import CLASSES  # noqa: E402
 from wflib import tables as wft  # noqa: E402
@@ -23,11 +22,5 @@ if int(sm.params.class_set) == 19:
 wft.write_csv_atomic(table, sm.output.table)
 for note in sm.params.notes:
     log.info("note: %s", note)
-pub = sm.params.published
-published = wft.load_published(pub["files"], pub["task"], Path(pub["repo"]))
-view = wft.published_view(published, sm.wildcards.pair, pub["task"], pub["same_dataset"])
-if view.empty:
-    view = pd.DataFrame({"shown_for_pair": [sm.wildcards.pair],
-                         "caveat": [f"no published numbers for task {pub['task']!r} in {pub['files']}"]})
-wft.write_csv_atomic(view, sm.output.published)
+wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published)
 log.info("wrote %s (%d rows) and %s", sm.output.table, len(table), sm.output.published)

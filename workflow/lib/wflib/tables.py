@@ -21,13 +21,15 @@ FCN-score runs, so no second inference is needed.
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from wflib.pipeline_config import deep_merge
+from wflib.table import write_csv_atomic
 
 #: default ``tables:`` settings (the JSON schema fills the same defaults)
 DEFAULTS: dict = {
@@ -60,16 +62,6 @@ MEAN_COLUMNS = ("mIoU", "mIoU16", "mIoU13")
 
 class TablesConfigError(ValueError):
     """The ``tables:`` config names something that does not exist; the message names the key."""
-
-
-def deep_merge(base: dict, override: dict | None) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def table_settings(config: dict, pair: str) -> dict:
@@ -337,14 +329,18 @@ def published_view(published: pd.DataFrame, pair: str, task: str | None, same_da
     return out
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
+def write_published(pub: dict, pair: str, path: str | os.PathLike) -> int:
+    """Write the labelled published rows shown beside ``pair``'s table (``pub``: the rule's params);
+    a one-row caveat when none exist for the task. Returns the number of published rows."""
+    published = load_published(pub["files"], pub["task"], Path(pub["repo"]))
+    view = published_view(published, pair, pub["task"], pub["same_dataset"])
+    if view.empty:
+        view = pd.DataFrame({"shown_for_pair": [pair],
+                             "caveat": [f"no published numbers for task {pub['task']!r} in {pub['files']}"]})
+    write_csv_atomic(view, path)
+    return len(published)
 
 
 __all__ = ["DEFAULTS", "TablesConfigError", "best_row", "class_flows", "distortion", "distortion_summary",
            "load_published", "published_view", "table_settings", "translation_plan", "translation_row",
-           "translation_table", "uda_plan", "uda_table", "write_csv_atomic"]
+           "translation_table", "uda_plan", "uda_table", "write_csv_atomic", "write_published"]
