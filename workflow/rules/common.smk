@@ -467,6 +467,9 @@ def stage_descriptions(wc, input):
             parts.append(f"pseudo {dirname_of(pseudo_meta(wc.pair, uda, translator, k - 1))}")
         if refined:
             parts.append(f"translator {translator_ckpt(wc.pair, uda, translator, k)}")
+            guide = guide_segmenter(wc.pair, translator) if k == 0 else None
+            if guide:
+                parts.append(f"guided by {guide}")
         out.append("; ".join(parts))
     return out
 
