@@ -49,7 +49,7 @@ def step_flops(method_name: str, crop: int, ngf: int, blocks: int, steps: int) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from translator_speed import _config  # the same configs as the speed benchmark (not edited here)
+    from translator_speed import _config, random_batch  # the same configs and batches as the speed benchmark
     from translators.methods import build_method
     from translators.train import make_adam
 
@@ -62,12 +62,7 @@ def step_flops(method_name: str, crop: int, ngf: int, blocks: int, steps: int) -
     spec = method.crop_spec()
 
     def batch():
-        b = {"A_l": torch.rand(1, 3, *spec.local) * 2 - 1, "B_l": torch.rand(1, 3, *spec.local) * 2 - 1}
-        if spec.global_ is not None:
-            win = spec.global_[0] * spec.ratio
-            b.update(A_g=torch.rand(1, 3, *spec.global_) * 2 - 1, B_g=torch.rand(1, 3, *spec.global_) * 2 - 1,
-                     A_box=torch.tensor([[win / 4, win / 4, win, win]]), B_box=torch.tensor([[0.0, 0.0, win, win]]))
-        return b
+        return random_batch(spec)
 
     with FlopCounterMode(display=False) as counter:
         method.train_step(batch(), 0.1, opts, scaler)       # counted step = warm-up

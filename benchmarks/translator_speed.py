@@ -54,6 +54,18 @@ def _config(method: str, crop: int, ngf: int, blocks: int, idt: bool = True):
     return load_config(ROOT / "translators" / "configs" / f"{method}_tiny.yaml", over)
 
 
+def random_batch(spec) -> dict:
+    """One random batch (images in [-1, 1]) for a method's crop spec; SemST also gets global crops and boxes."""
+    import torch
+
+    b = {"A_l": torch.rand(1, 3, *spec.local) * 2 - 1, "B_l": torch.rand(1, 3, *spec.local) * 2 - 1}
+    if spec.global_ is not None:
+        win = spec.global_[0] * spec.ratio
+        b.update(A_g=torch.rand(1, 3, *spec.global_) * 2 - 1, B_g=torch.rand(1, 3, *spec.global_) * 2 - 1,
+                 A_box=torch.tensor([[win / 4, win / 4, win, win]]), B_box=torch.tensor([[0.0, 0.0, win, win]]))
+    return b
+
+
 def _baseline_cut():
     """CUT computed like the original code: re-encode the input with autograd for the keys,
     separate D passes, PatchNCE keys through F with grad (detached only in the loss)."""
@@ -111,12 +123,7 @@ def job_train(args) -> dict:
     spec = method.crop_spec()
 
     def batch():
-        b = {"A_l": torch.rand(1, 3, *spec.local) * 2 - 1, "B_l": torch.rand(1, 3, *spec.local) * 2 - 1}
-        if spec.global_ is not None:
-            win = spec.global_[0] * spec.ratio
-            b.update(A_g=torch.rand(1, 3, *spec.global_) * 2 - 1, B_g=torch.rand(1, 3, *spec.global_) * 2 - 1,
-                     A_box=torch.tensor([[win / 4, win / 4, win, win]]), B_box=torch.tensor([[0.0, 0.0, win, win]]))
-        return b
+        return random_batch(spec)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ts_time = [0.0]

@@ -79,9 +79,17 @@ class BDLSegmentor(UDASegmentor):
         self.lambda_pseudo = float(lambda_pseudo)
         self.use_pseudo = bool(use_pseudo)
 
+    def adv_generator_loss(self, d_target: torch.Tensor) -> torch.Tensor:
+        """Segmenter side of the output-space GAN: target maps should look like source (BCE)."""
+        return adversarial_generator_loss(d_target)
+
+    def adv_discriminator_loss(self, d_source: torch.Tensor, d_target: torch.Tensor) -> torch.Tensor:
+        """Discriminator side of the output-space GAN on detached maps (BCE)."""
+        return discriminator_loss(d_source, d_target)
+
     def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> dict[str, torch.Tensor]:
         if not isinstance(optim_wrapper, OptimWrapperDict) or DISCRIMINATOR_KEY not in optim_wrapper:
-            raise TypeError("BDLSegmentor needs an OptimWrapperDict with 'segmentor' and 'discriminator' "
+            raise TypeError(f"{type(self).__name__} needs an OptimWrapperDict with 'segmentor' and 'discriminator' "
                             "(optim_wrapper constructor 'UDAOptimWrapperConstructor')")
         seg_ow, d_ow = optim_wrapper[SEGMENTOR_KEY], optim_wrapper[DISCRIMINATOR_KEY]
         src, trg = self.preprocess_pair(data)
@@ -95,7 +103,7 @@ class BDLSegmentor(UDASegmentor):
             if self.use_pseudo:
                 losses.update(self.seg_losses(feats_t, logits_t, trg["data_samples"], "trg", self.lambda_pseudo))
             prob_t = F.softmax(self.upsample(logits_t, trg["inputs"]).float(), dim=1)
-            losses["trg.loss_adv"] = self.lambda_adv * adversarial_generator_loss(self.discriminator(prob_t))
+            losses["trg.loss_adv"] = self.lambda_adv * self.adv_generator_loss(self.discriminator(prob_t))
         seg_loss, log_vars = self.parse_losses(losses)
         seg_ow.update_params(seg_loss)
 
@@ -104,7 +112,7 @@ class BDLSegmentor(UDASegmentor):
         with d_ow.optim_context(self.discriminator):
             prob_s = F.softmax(self.upsample(logits_s.detach(), src["inputs"]).float(), dim=1)
             prob_t = F.softmax(self.upsample(logits_t.detach(), trg["inputs"]).float(), dim=1)
-            loss_d = discriminator_loss(self.discriminator(prob_s), self.discriminator(prob_t))
+            loss_d = self.adv_discriminator_loss(self.discriminator(prob_s), self.discriminator(prob_t))
         d_ow.update_params(loss_d)
         log_vars = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in log_vars.items()}
         log_vars["disc.loss_d"] = loss_d.detach()

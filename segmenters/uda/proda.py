@@ -80,7 +80,7 @@ from mmseg.models.utils import resize  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
 from ..datasets import _missing_message, train_pipeline  # noqa: E402
-from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDASegmentor, set_requires_grad,  # noqa: E402
+from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDASegmentor,  # noqa: E402
                    source_dataset_cfg, target_dataset_cfg, uda_param)
 from .bdl import BDL, BDLSegmentor, DISCRIMINATOR_KEY, SOURCE_LABEL, TARGET_LABEL  # noqa: E402
 from .ema import ema_update  # noqa: E402
@@ -312,31 +312,11 @@ class ProDAWarmupSegmentor(BDLSegmentor):
         gan_loss(torch.zeros(1), 0.0, gan)  # validates the name
         self.gan = gan
 
-    def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> dict[str, torch.Tensor]:
-        if not isinstance(optim_wrapper, OptimWrapperDict) or DISCRIMINATOR_KEY not in optim_wrapper:
-            raise TypeError("ProDAWarmupSegmentor needs an OptimWrapperDict with 'segmentor' and 'discriminator'")
-        seg_ow, d_ow = optim_wrapper[SEGMENTOR_KEY], optim_wrapper[DISCRIMINATOR_KEY]
-        src, trg = self.preprocess_pair(data)
-        set_requires_grad(self.discriminator, False)
-        with seg_ow.optim_context(self):
-            feats_s, logits_s = self.seg_forward(src["inputs"])
-            losses = self.seg_losses(feats_s, logits_s, src["data_samples"], "src")
-            _, logits_t = self.seg_forward(trg["inputs"])
-            prob_t = F.softmax(self.upsample(logits_t, trg["inputs"]).float(), dim=1)
-            losses["trg.loss_adv"] = self.lambda_adv * gan_loss(self.discriminator(prob_t), SOURCE_LABEL, self.gan)
-        seg_loss, log_vars = self.parse_losses(losses)
-        seg_ow.update_params(seg_loss)
+    def adv_generator_loss(self, d_target: torch.Tensor) -> torch.Tensor:
+        return gan_loss(d_target, SOURCE_LABEL, self.gan)
 
-        set_requires_grad(self.discriminator, True)
-        with d_ow.optim_context(self.discriminator):
-            prob_s = F.softmax(self.upsample(logits_s.detach(), src["inputs"]).float(), dim=1)
-            prob_t = F.softmax(self.upsample(logits_t.detach(), trg["inputs"]).float(), dim=1)
-            loss_d = 0.5 * (gan_loss(self.discriminator(prob_s), SOURCE_LABEL, self.gan)
-                            + gan_loss(self.discriminator(prob_t), TARGET_LABEL, self.gan))
-        d_ow.update_params(loss_d)
-        log_vars = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in log_vars.items()}
-        log_vars["disc.loss_d"] = loss_d.detach()
-        return log_vars
+    def adv_discriminator_loss(self, d_source: torch.Tensor, d_target: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (gan_loss(d_source, SOURCE_LABEL, self.gan) + gan_loss(d_target, TARGET_LABEL, self.gan))
 
 
 # --------------------------------------------------------------------------------------------------
