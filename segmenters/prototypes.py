@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -38,11 +36,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from domains.labels import CLASSES
 from domains.prepared import PreparedDataError, PreparedDataset, Sample
 
 from .io import InferenceSet, default_device, make_loader, release_free_memory, resize_maps, write_png
-from .pseudolabel import CONFIDENCES, META, _replace_dir, _soft_size
+from .pseudolabel import CONFIDENCES, META, _soft_size, class_names, staged_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +126,10 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, soft_scale: 
         raise ValueError(f"--soft-scale must be in (0, 1], got {soft_scale}")
     if not samples:
         raise ValueError("no images to compute prototypes from")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
-    try:
+    with staged_output_dir(Path(out)) as work:
         summary = compute(segmenter, samples, work, soft_scale, feat_index, min_pixels, batch_size, workers)
         n = int(segmenter.num_classes)
-        names = list(CLASSES) if n == len(CLASSES) else [f"class_{c}" for c in range(n)]
+        names = class_names(n)
         meta = {
             "kind": "proda_stage1",
             "soft_scale": soft_scale,
@@ -154,10 +145,6 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, soft_scale: 
             **(extra_meta or {}),
         }
         (work / META).write_text(json.dumps(meta, indent=2))
-        _replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return meta
 
 

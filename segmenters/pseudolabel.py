@@ -31,12 +31,13 @@ for ProDA-style prototypes; file attributes ``num_classes``, ``soft_scale``) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -173,6 +174,28 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def staged_output_dir(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``out`` to write into; it replaces ``out`` when the block ends
+    without error and is deleted otherwise, so ``out`` is never left half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        yield work
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Cityscapes' names for 19 classes, ``class_<c>`` otherwise (meta.json keys)."""
+    return list(CLASSES) if num_classes == len(CLASSES) else [f"class_{c}" for c in range(num_classes)]
+
+
 def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = "bdl", threshold: float = 0.9,
              percentile: float = 50.0, cap: float = 0.9, bins: int = DEFAULT_BINS, soft_scale: float | None = None,
              batch_size: int = 1, workers: int = 0, extra_meta: dict | None = None) -> dict:
@@ -183,18 +206,12 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
         raise ValueError(f"--bins must be >= 2, got {bins}")
     if soft_scale is not None and not 0.0 < soft_scale <= 1.0:
         raise ValueError(f"--soft-scale must be in (0, 1], got {soft_scale}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
-    try:
+    with staged_output_dir(Path(out)) as work:
         hist = predict_pass(segmenter, samples, work, bins, soft_scale, batch_size, workers)
         thresholds = class_thresholds(hist, rule, percentile, cap, threshold)
         predicted, kept = threshold_pass(samples, work, thresholds)
         num_classes = thresholds.shape[0]
-        names = list(CLASSES) if num_classes == len(CLASSES) else [f"class_{c}" for c in range(num_classes)]
+        names = class_names(num_classes)
         frac = np.where(predicted > 0, kept / np.maximum(predicted, 1), np.nan)
         meta = {
             "rule": rule,
@@ -215,10 +232,6 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
             **(extra_meta or {}),
         }
         (work / META).write_text(json.dumps(meta, indent=2))
-        _replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return meta
 
 
