@@ -8,6 +8,7 @@ import torch
 
 from translators.losses import (hdce_gamma, hdce_loss, hdce_weights, lsgan_loss, patchnce_loss,
                                 rsmi, ts_loss)
+from translators.losses.patchnce import patchnce_loss_reference
 from translators.networks import l2_normalize
 
 
@@ -47,6 +48,21 @@ def test_patchnce_detaches_key():
     patchnce_loss(q, k).mean().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert k.grad is None
+
+
+@pytest.mark.parametrize("batch,patches,channels", [(1, 5, 4), (2, 7, 3), (3, 16, 8)])
+def test_patchnce_hand_backward_matches_autograd_of_the_formula(batch, patches, channels):
+    """The fused forward/backward equals the autograd graph of the formula (float64)."""
+    g = torch.Generator().manual_seed(batch)
+    q = l2_normalize(torch.randn(batch * patches, channels, generator=g, dtype=torch.float64)).requires_grad_(True)
+    k = l2_normalize(torch.randn(batch * patches, channels, generator=g, dtype=torch.float64))
+    fused, ref = patchnce_loss(q, k, 0.07, batch), patchnce_loss_reference(q, k, 0.07, batch)
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn(fused.shape, generator=g, dtype=torch.float64)
+    (g_fused,) = torch.autograd.grad(fused, q, w)
+    (g_ref,) = torch.autograd.grad(ref, q, w)
+    torch.testing.assert_close(g_fused, g_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: patchnce_loss(x, k, 0.07, batch), (q,))
 
 
 def test_patchnce_rejects_bad_batch():

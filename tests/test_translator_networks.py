@@ -204,3 +204,20 @@ def test_blur_resampling_sizes_and_constants():
     # the blur really low-passes: a +-1 checkerboard (Nyquist) is attenuated
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
     assert down(checker.expand(1, 2, 8, 8).contiguous()).abs().max() < 0.5
+
+
+def test_pads_keep_bf16_and_blur_runs_in_float32_under_cpu_autocast():
+    """CPU autocast would run reflection/replication pads in float32 (two casts per pad); ours keep
+    the input dtype, exactly. The fixed blur filters run in float32 (oneDNN has no fast bf16
+    depthwise kernels) on the same values."""
+    from translators.networks.blocks import ReflectionPad2d, ReplicationPad2d
+    x = torch.randn(1, 4, 8, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for pad, mode in ((ReflectionPad2d(2), "reflect"), (ReplicationPad2d(1), "replicate")):
+            y = pad(x)
+            assert y.dtype == torch.bfloat16
+            torch.testing.assert_close(y, F.pad(x.float(), pad.padding, mode=mode).bfloat16(), rtol=0, atol=0)
+        down, up = BlurDownsample(4)(x), BlurUpsample(4)(x)
+    assert down.dtype == up.dtype == torch.float32
+    torch.testing.assert_close(down, BlurDownsample(4)(x.float()))
+    torch.testing.assert_close(up, BlurUpsample(4)(x.float()))

@@ -31,6 +31,7 @@ from translators.checkpoint import (atomic_save, check_compatible, load_checkpoi
 from translators.config import TranslatorConfig
 from translators.data import UnpairedBatches, open_domain, to_uint8
 from translators.methods import NonFiniteLossError, TranslatorMethod, build_method
+from translators.methods.base import resolve_cpu_amp
 
 log = logging.getLogger(__name__)
 CHECKPOINT, FINAL, LOSSES = "checkpoint.pt", "final.pt", "losses.csv"
@@ -195,7 +196,9 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
             check_compatible(init_ckpt, cfg, init)
             method.load_state_dict(init_ckpt["models"])
             log.info("initialised weights from %s (step %s)", init, init_ckpt.get("step"))
-    method.setup(device)
+    method.setup(device, cpu_amp=resolve_cpu_amp(cfg.train.cpu_amp))
+    if method.amp_enabled and device.type == "cpu":
+        log.info("CPU training under bf16 autocast (train.cpu_amp=%s; 'off' trains in float32)", cfg.train.cpu_amp)
 
     t = cfg.train
     opts = {k: make_adam(p, t.lr, (t.beta1, t.beta2)) for k, p in method.param_groups().items()}

@@ -1,8 +1,8 @@
 """Shared machinery of the one-sided contrastive translators (CUT, SemST).
 
 * :class:`TranslatorMethod`: one training iteration in CUT's order -- translate, D step, then the
-  G+F step -- with AMP (autocast + GradScaler) and channels_last on CUDA and plain fp32 on CPU;
-  non-finite losses raise :class:`NonFiniteLossError` *before* any optimiser step.
+  G+F step -- with AMP (autocast + GradScaler) and channels_last on CUDA, and on CPU in float32 or,
+  when asked (``train.cpu_amp``), under bf16 autocast; non-finite losses raise :class:`NonFiniteLossError` *before* any optimiser step.
 * :meth:`TranslatorMethod.content_losses`: the contrastive (PatchNCE or hDCE) and TS terms of one
   generator/F pair. The key (input) side reuses the encoder features of the translation pass
   (``forward_with_features``) instead of re-encoding the input as CUT does (same values, one encoder
@@ -70,6 +70,24 @@ def tune_cpu_allocator() -> bool:
         return False
     _ALLOCATOR_TUNED = ok
     return ok
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast is a
+    speed-up rather than an emulation. False where torch cannot tell."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:
+        return False
+
+
+def resolve_cpu_amp(setting: str) -> bool:
+    """``train.cpu_amp``: ``on`` -> True, ``off`` -> False, ``auto`` -> :func:`cpu_has_native_bf16`."""
+    if setting == "auto":
+        return cpu_has_native_bf16()
+    return setting == "on"
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -149,12 +167,17 @@ class TranslatorMethod(nn.Module):
         return torch.cat([self.translate_full(xi[None], tile=side) for xi in x])
 
     # ------------------------------------------------------------------ device / AMP
-    def setup(self, device: torch.device) -> "TranslatorMethod":
-        """Move to ``device``; enable AMP and channels_last there when configured (CUDA only)."""
+    def setup(self, device: torch.device, cpu_amp: bool = False) -> "TranslatorMethod":
+        """Move to ``device``; enable AMP and channels_last there when configured (CUDA), or bf16
+        autocast on CPU when ``cpu_amp`` (training resolves ``train.cpu_amp``; inference stays fp32)."""
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        self.amp_enabled = bool(self.cfg.train.amp and cuda)
-        self.amp_dtype = torch.bfloat16 if self.cfg.train.amp_dtype == "bfloat16" else torch.float16
+        if cuda:
+            self.amp_enabled = bool(self.cfg.train.amp)
+            self.amp_dtype = torch.bfloat16 if self.cfg.train.amp_dtype == "bfloat16" else torch.float16
+        else:
+            self.amp_enabled = bool(cpu_amp and self.device.type == "cpu")
+            self.amp_dtype = torch.bfloat16
         self.channels_last = bool(self.cfg.train.channels_last and cuda)
         if self.device.type == "cpu" and getattr(self.cfg.train, "cpu_malloc_tuning", True):
             tune_cpu_allocator()
@@ -167,6 +190,12 @@ class TranslatorMethod(nn.Module):
         if not self.amp_enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def full_precision(self):
+        """Region that runs in float32 even inside :meth:`autocast` (losses on float32 inputs)."""
+        if not self.amp_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -227,13 +256,16 @@ class TranslatorMethod(nn.Module):
         rows = [n_src * len(i) for i in ids]
         q_src = [ql[:r] for ql, r in zip(q, rows)]
         k_src = [kl[:r] for kl, r in zip(k, rows)]
-        # source and identity rows in one call per layer (per-image maths, so identical to two calls)
-        per_query = self.contrastive_per_query(q, k, n_all, progress)
-        out = {"NCE": torch.stack([t[:r].mean() for t, r in zip(per_query, rows)]).mean()}
-        if n_all > n_src:
-            out["NCE_idt"] = torch.stack([t[r:].mean() for t, r in zip(per_query, rows)]).mean()
-        if c.lambda_TS > 0:
-            out["TS"] = self.ts(k_src, q_src, n_src)
+        # the embeddings are float32; the similarity logits (up to 1/tau) and the TS solve stay
+        # float32 under autocast too (bf16 logits would carry errors of ~0.05 at 1/tau = 14)
+        with self.full_precision():
+            # source and identity rows in one call per layer (per-image maths, so identical to two calls)
+            per_query = self.contrastive_per_query(q, k, n_all, progress)
+            out = {"NCE": torch.stack([t[:r].mean() for t, r in zip(per_query, rows)]).mean()}
+            if n_all > n_src:
+                out["NCE_idt"] = torch.stack([t[r:].mean() for t, r in zip(per_query, rows)]).mean()
+            if c.lambda_TS > 0:
+                out["TS"] = self.ts(k_src, q_src, n_src)
         return out
 
     def weighted_content(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import BlurDownsample, BlurUpsample, ResnetBlock, conv_bias, make_norm
+from .blocks import BlurDownsample, BlurUpsample, ReflectionPad2d, ResnetBlock, conv_bias, make_norm
 
 
 class ResnetGenerator(nn.Module):
@@ -60,7 +60,7 @@ class ResnetGenerator(nn.Module):
             channels.append(ch)
             strides.append(stride)
 
-        add(nn.ReflectionPad2d(3), input_nc, 1)
+        add(ReflectionPad2d(3), input_nc, 1)
         add(nn.Conv2d(input_nc, ngf, 7, bias=bias), ngf, 1)
         add(make_norm(norm, ngf), ngf, 1)
         add(nn.ReLU(True), ngf, 1)
@@ -96,7 +96,7 @@ class ResnetGenerator(nn.Module):
             add(make_norm(norm, out), out, stride)
             add(nn.ReLU(True), out, stride)
             ch = out
-        add(nn.ReflectionPad2d(3), ch, stride)
+        add(ReflectionPad2d(3), ch, stride)
         add(nn.Conv2d(ch, output_nc, 7), output_nc, stride)
         add(nn.Tanh(), output_nc, stride)
         self.model = nn.Sequential(*layers)

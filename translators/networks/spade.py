@@ -44,7 +44,8 @@ def resize_guidance(m: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
         return F.interpolate(m, size=size, mode="nearest")
     if mode == "bilinear":
         shrink = size[0] < m.shape[-2] or size[1] < m.shape[-1]
-        return F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        # float32: CPU has no bf16 antialiased resize, and the guidance is a probability map
+        return F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)
     raise ValueError(f"seg_interp must be one of {SEG_INTERP}, got {mode!r}")
 
 
