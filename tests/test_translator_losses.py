@@ -8,6 +8,7 @@ import torch
 
 from translators.losses import (hdce_gamma, hdce_loss, hdce_weights, lsgan_loss, patchnce_loss,
                                 rsmi, ts_loss)
+from translators.losses.hdce import hdce_loss_reference
 from translators.losses.patchnce import patchnce_loss_reference
 from translators.networks import l2_normalize
 
@@ -63,6 +64,25 @@ def test_patchnce_hand_backward_matches_autograd_of_the_formula(batch, patches, 
     (g_ref,) = torch.autograd.grad(ref, q, w)
     torch.testing.assert_close(g_fused, g_ref, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x: patchnce_loss(x, k, 0.07, batch), (q,))
+
+
+@pytest.mark.parametrize("form", ["src", "paper"])
+@pytest.mark.parametrize("weights", ["none", "per_image", "shared"])
+def test_hdce_hand_backward_matches_autograd_of_the_formula(form, weights):
+    g = torch.Generator().manual_seed(7)
+    batch, patches = 2, 9
+    q = l2_normalize(torch.randn(batch * patches, 5, generator=g, dtype=torch.float64)).requires_grad_(True)
+    k = l2_normalize(torch.randn(batch * patches, 5, generator=g, dtype=torch.float64))
+    w = None if weights == "none" else hdce_weights(k, 0.5, batch)
+    if weights == "shared":
+        w = w[:1]
+    fused, ref = hdce_loss(q, k, w, 0.07, batch, form), hdce_loss_reference(q, k, w, 0.07, batch, form)
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
+    v = torch.randn(fused.shape, generator=g, dtype=torch.float64)
+    (g_fused,) = torch.autograd.grad(fused, q, v)
+    (g_ref,) = torch.autograd.grad(ref, q, v)
+    torch.testing.assert_close(g_fused, g_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: hdce_loss(x, k, w, 0.07, batch, form), (q,))
 
 
 def test_patchnce_rejects_bad_batch():

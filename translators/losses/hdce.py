@@ -63,12 +63,64 @@ def hdce_weights(feat_k: torch.Tensor, gamma: float, batch_size: int = 1) -> tor
     if p < 2:
         raise ValueError("hDCE needs at least 2 patches per image (one positive, >= 1 negative)")
     with torch.no_grad():
+        # softmax_j(S_ij / gamma) / max_j softmax_j(...) = exp((S_ij - max_j' S_ij') / gamma)
         k = feat_k.detach().float().reshape(batch_size, p, c)
-        sim = torch.bmm(k, k.transpose(1, 2))
-        eye = torch.eye(p, dtype=torch.bool, device=feat_k.device)
-        w = torch.softmax((sim / gamma).masked_fill(eye, float("-inf")), dim=-1)
-        w = w / w.amax(dim=-1, keepdim=True)
+        w = torch.baddbmm(k.new_zeros(()), k, k.transpose(1, 2), beta=0.0, alpha=1.0 / gamma)
+        diag = w.diagonal(dim1=1, dim2=2)
+        diag.fill_(float("-inf"))
+        top = w.amax(dim=2, keepdim=True)
+        diag.copy_(top.squeeze(2))
+        w.sub_(top).exp_()
+        diag.fill_(0.0)
     return w.to(feat_k.dtype)
+
+
+def _check_weights(weights: torch.Tensor, batch_size: int, p: int) -> None:
+    if weights.dim() != 3 or weights.shape[-2:] != (p, p) or weights.shape[0] not in (1, batch_size):
+        raise ValueError(f"hDCE weights must be ({batch_size} or 1, {p}, {p}) (from hdce_weights); "
+                         f"got {tuple(weights.shape)}")
+
+
+class _HDCE(torch.autograd.Function):
+    """hDCE per query with a hand-written backward (value and gradient of
+    :func:`hdce_loss_reference`, in a few passes over the (B, P, P) logits).
+
+    l_i = logsumexp_j z_ij - pos_i with z_ij = w_ij s_ij / tau (src) or s_ij / tau + log w_ij
+    (paper), s_ij = q_i.k_j, pos_i = s_ii / tau and the self term masked. Gradient w.r.t. s_ij:
+    g_i softmax_j(z_i)_j * (w_ij or 1) / tau; w.r.t. s_ii: -g_i / tau (the masked self term is a
+    constant, so its diagonal slot carries the positive's weight)."""
+
+    @staticmethod
+    def forward(ctx, feat_q, feat_k, weights, tau: float, batch_size: int, form: str):
+        n, p, c = _check(feat_q, feat_k, batch_size)
+        q = feat_q.reshape(batch_size, p, c)
+        k = feat_k.reshape(batch_size, p, c)
+        z = torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0.0, alpha=1.0 / tau)
+        diag = z.diagonal(dim1=1, dim2=2)
+        pos = diag.clone()
+        if weights is not None:
+            if form == "src":
+                z.mul_(weights)
+            else:
+                z.add_(torch.log(weights.clamp_min(0)))  # log 0 = -inf drops a negative
+        diag.fill_(SELF_MASK / tau)
+        top = z.amax(dim=2)
+        diag.copy_(top)                                   # exp(0) on the diagonal: no underflow path
+        e = z.sub_(top.unsqueeze(2)).exp_()
+        diag.copy_(torch.exp(SELF_MASK / tau - top))
+        total = e.sum(dim=2)
+        ctx.save_for_backward(k, e, total, weights if (weights is not None and form == "src") else None)
+        ctx.tau = tau
+        return (torch.log(total) + top - pos).reshape(n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        k, e, total, w = ctx.saved_tensors
+        g = grad.reshape(total.shape)
+        scale = (g / (total * ctx.tau)).unsqueeze(2)
+        grad_s = e * scale if w is None else e * w * scale
+        grad_s.diagonal(dim1=1, dim2=2).copy_(-g / ctx.tau)
+        return torch.bmm(grad_s, k).reshape(-1, k.shape[-1]), None, None, None, None, None
 
 
 def hdce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor | None = None,
@@ -76,7 +128,22 @@ def hdce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor 
     """Per-query hDCE loss (N,) (SemST Eq. 8-9; SRC ``PatchHDCELoss``). ``feat_k`` is detached.
 
     ``weights``: (B, P, P) (or broadcastable) from :func:`hdce_weights`; None = all ones (plain
-    decoupled NCE). ``form``: ``"src"`` weights the logits, ``"paper"`` the exponentials."""
+    decoupled NCE). ``form``: ``"src"`` weights the logits, ``"paper"`` the exponentials.
+    Computed by :class:`_HDCE`; :func:`hdce_loss_reference` is the same formula with autograd."""
+    if form not in FORMS:
+        raise ValueError(f"hDCE form must be one of {FORMS}, got {form!r}")
+    n, p, _ = _check(feat_q, feat_k, batch_size)
+    if p < 2:
+        raise ValueError("hDCE needs at least 2 patches per image (one positive, >= 1 negative)")
+    if weights is not None:
+        _check_weights(weights, batch_size, p)
+        weights = weights.detach().to(feat_q.dtype)
+    return _HDCE.apply(feat_q, feat_k.detach(), weights, float(tau), int(batch_size), form)
+
+
+def hdce_loss_reference(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor | None = None,
+                        tau: float = 0.07, batch_size: int = 1, form: str = "src") -> torch.Tensor:
+    """:func:`hdce_loss` written with autograd ops (the tests' reference)."""
     if form not in FORMS:
         raise ValueError(f"hDCE form must be one of {FORMS}, got {form!r}")
     feat_k = feat_k.detach()
@@ -87,9 +154,7 @@ def hdce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor 
     eye = torch.eye(p, dtype=torch.bool, device=feat_q.device)
     logits = l_neg / tau
     if weights is not None:
-        if weights.dim() != 3 or weights.shape[-2:] != (p, p) or weights.shape[0] not in (1, batch_size):
-            raise ValueError(f"hDCE weights must be ({batch_size} or 1, {p}, {p}) (from hdce_weights); "
-                             f"got {tuple(weights.shape)}")
+        _check_weights(weights, batch_size, p)
         weights = weights.detach().to(l_neg.dtype)
         if form == "src":
             logits = (weights * l_neg) / tau
