@@ -285,3 +285,20 @@ def test_rsmi_closed_form_backward_matches_autograd_through_the_solve():
     y = (x + 0.1 * torch.randn(64, 2, generator=gen)).requires_grad_(True)
     rsmi(x, y).backward()
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_fused_contrastive_losses_run_in_float32_under_autocast():
+    """bf16 embeddings under CPU autocast: the loss is the float32 loss of the same values, and
+    the gradient comes back in the embeddings' dtype."""
+    q32, k32 = _feats(16, 8, 11), _feats(16, 8, 12)
+    q = q32.bfloat16().requires_grad_(True)
+    k = k32.bfloat16()
+    w = hdce_weights(k32, 0.5, 2)
+    for fn, kwargs in ((patchnce_loss, {}), (hdce_loss, {"weights": w})):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fn(q, k, tau=0.07, batch_size=2, **kwargs)
+        assert got.dtype == torch.float32
+        want = fn(q.detach().float(), k.float(), tau=0.07, batch_size=2, **kwargs)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        (grad,) = torch.autograd.grad(got.sum(), q)
+        assert grad.dtype == torch.bfloat16 and grad.abs().sum() > 0

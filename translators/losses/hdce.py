@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .patchnce import SELF_MASK, _check, patch_similarities
+from .patchnce import SELF_MASK, _check, full_precision_inputs, patch_similarities
 
 FORMS = ("src", "paper")
 
@@ -135,10 +135,12 @@ def hdce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor 
     n, p, _ = _check(feat_q, feat_k, batch_size)
     if p < 2:
         raise ValueError("hDCE needs at least 2 patches per image (one positive, >= 1 negative)")
+    feat_q, feat_k = full_precision_inputs(feat_q, feat_k.detach())
     if weights is not None:
         _check_weights(weights, batch_size, p)
         weights = weights.detach().to(feat_q.dtype)
-    return _HDCE.apply(feat_q, feat_k.detach(), weights, float(tau), int(batch_size), form)
+    with torch.autocast(feat_q.device.type, enabled=False):
+        return _HDCE.apply(feat_q, feat_k, weights, float(tau), int(batch_size), form)
 
 
 def hdce_loss_reference(feat_q: torch.Tensor, feat_k: torch.Tensor, weights: torch.Tensor | None = None,

@@ -29,6 +29,13 @@ def _check(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int) -> tuple
     return n, n // batch_size, c
 
 
+def full_precision_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half/bf16 embeddings upcast to float32 (float64 stays float64): the fused losses compute
+    their logits (up to 1/tau = 14) in at least float32, also when called under autocast."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def patch_similarities(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``l_pos`` (N,) = q_i.k_i and ``l_neg`` (B, P, P) = q_i.k_j within each image."""
@@ -86,7 +93,9 @@ def patchnce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, tau: float = 0.07,
     Computed by :class:`_PatchNCE` (about a third of the memory passes of the autograd graph of
     :func:`patchnce_loss_reference`, which it matches in value and gradient)."""
     _check(feat_q, feat_k, batch_size)
-    return _PatchNCE.apply(feat_q, feat_k.detach(), float(tau), int(batch_size))
+    feat_q, feat_k = full_precision_inputs(feat_q, feat_k.detach())
+    with torch.autocast(feat_q.device.type, enabled=False):
+        return _PatchNCE.apply(feat_q, feat_k, float(tau), int(batch_size))
 
 
 def patchnce_loss_reference(feat_q: torch.Tensor, feat_k: torch.Tensor, tau: float = 0.07,
