@@ -1,25 +1,31 @@
 """Translator speed/memory benchmark (not a test): prints tables and ratios.
 
-    python benchmarks/translator_speed.py                 # everything (a few minutes on 2 CPU cores)
-    python benchmarks/translator_speed.py --skip-big      # tiny settings only
+    python benchmarks/translator_speed.py                 # everything (about 4 minutes on 2 CPU cores)
+    python benchmarks/translator_speed.py --skip-big      # crop-64 settings only (about 1 minute)
     python benchmarks/translator_speed.py --threads 1     # torch intra-op threads per job
+    python benchmarks/translator_speed.py --cpu-amp off   # our jobs in float32 (default: as training)
 
-Measures, each configuration in a fresh subprocess (so peak RSS is per job):
+Measures, per setting -- the tiny preset, CUT's two reference settings (crop 64 / ngf=ndf 16 /
+6 blocks and crop 256 / ngf=ndf 64 / 9 blocks, batch 1, identity NCE on), SemST with
+h_l = h_g = the same crop:
 
-* s/iter and peak memory (CPU: ru_maxrss; CUDA: torch.cuda.max_memory_allocated) of one training
-  iteration (translate, D step, G+F step) of CUT and SemST on synthetic batches -- at the tiny
-  preset, at CUT's two reference settings (crop 64 / ngf=ndf 16 / 6 blocks and crop 256 / ngf=ndf 64
-  / 9 blocks, batch 1, identity NCE on), and SemST with h_l = h_g = the same crop;
-* "before" numbers: a baseline that computes CUT the way the original code does (a second encoder
-  pass over the input for the NCE keys with autograd, separate D passes for real and fake, unfused
-  Adam), to show what the optimisations buy;
-* the fraction of a SemST step spent in the TS loss: ``TS fwd`` = its forward inside the timed
-  steps, ``TS f+b`` = its forward + backward timed alone on the same embeddings (the backward runs
-  inside the G backward and cannot be timed there), both relative to the step's wall time;
+* s/iter of one training iteration (translate, D step, G+F step) on synthetic batches, for
+  "CUT before", our CUT (and our CUT in float32 when training uses bf16 autocast) and SemST, all
+  built in ONE process and stepped in turn (before, CUT, SemST, before, ...): a shared or drifting
+  machine then slows every variant alike, so the ratios hold even when the absolute times move
+  (on these VMs they drift by +-15 % over minutes). Mean and median per variant;
+* "CUT before": CUT computed the way the original code does (a second encoder pass over the input
+  for the NCE keys with autograd, separate D passes for real and fake, unfused Adam, float32);
+* peak memory (CPU: ru_maxrss; CUDA: torch.cuda.max_memory_allocated) of CUT and SemST, each in a
+  fresh subprocess, and the share of a SemST step spent in the TS loss (both branches): ``TS fwd``
+  = its forward inside the timed steps, ``TS f+b`` = forward + backward of every TS call of a step
+  replayed alone on the same embeddings (the backward runs inside the G backward and cannot be
+  timed there), both relative to that subprocess's mean step;
 * refine of one 2048x1024 image (seconds, peak RSS).
 
 The original CUT implementation measured 0.105 s/iter (crop 64, ngf 16, 6 blocks) and 8.2 s/iter
-(crop 256, ngf 64, 9 blocks) on these 2-core machines; the table prints our speed-up against them.
+(crop 256, ngf 64, 9 blocks) on these 2-core machines; the table prints our speed-up against
+those figures and against the interleaved "CUT before".
 """
 from __future__ import annotations
 
@@ -131,10 +137,10 @@ def job_train(args) -> dict:
     ts_time = [0.0]
     orig_ts = base_mod.TranslatorMethod.ts
 
-    last_ts_args = []
+    step_ts_calls: list = []  # every TS call of the current step (SemST: one per branch)
 
     def timed_ts(self, *a, **k):
-        last_ts_args[:] = [self, a, k]
+        step_ts_calls.append((self, a, k))
         sync()
         t0 = time.perf_counter()
         out = orig_ts(self, *a, **k)
@@ -150,6 +156,7 @@ def job_train(args) -> dict:
     per_step = []
     for _ in range(args.steps):
         b = batch()
+        step_ts_calls.clear()
         t_step = time.perf_counter()
         method.train_step(b, 0.1, opts, scaler)
         sync()
@@ -158,21 +165,66 @@ def job_train(args) -> dict:
     cpu = (time.process_time() - c0) / args.steps
     peak = _peak_mb(device)
     ts_fb = 0.0
-    if last_ts_args:  # TS forward + backward, timed alone on the last step's embeddings
-        self_, (k_in, q_in, n_img), kw = last_ts_args
-        k_in = [t.detach() for t in k_in]
+    if step_ts_calls:  # TS forward + backward of every call of the last step, replayed alone
+        calls = [(self_, [t.detach() for t in k_in], [t.detach() for t in q_in], n_img, kw)
+                 for self_, (k_in, q_in, n_img), kw in step_ts_calls]
         reps = max(3, args.steps)
         sync()
         t1 = time.perf_counter()
         for _ in range(reps):
-            q_rep = [t.detach().requires_grad_(True) for t in q_in]
-            orig_ts(self_, k_in, q_rep, n_img, **kw).backward()
+            for self_, k_in, q_in, n_img, kw in calls:
+                q_rep = [t.requires_grad_(True) if not t.requires_grad else t for t in
+                         (q.clone() for q in q_in)]
+                orig_ts(self_, k_in, q_rep, n_img, **kw).backward()
         sync()
         ts_fb = (time.perf_counter() - t1) / reps
     return {"s_per_iter": dt, "median_s_per_iter": statistics.median(per_step), "cpu_s_per_iter": cpu,
             "peak_mb": peak, "precision": "bf16 autocast" if method.amp_enabled else "fp32",
             "ts_fraction": ts_time[0] / args.steps / dt, "ts_fb_fraction": ts_fb / dt,
             "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _build_variant(name: str, args, device):
+    """(method, optimisers) of one interleaved variant: before | cut | cut_fp32 | semst."""
+    import torch
+    from translators.methods import build_method
+    from translators.methods.base import resolve_cpu_amp
+    from translators.train import make_adam
+
+    method_name = "semst" if name == "semst" else "cut"
+    cfg = _config(method_name, args.crop, args.ngf, args.blocks)
+    torch.manual_seed(0)
+    if name == "before":
+        method = _baseline_cut()(cfg).setup(device)
+        return method, {k: torch.optim.Adam(p, lr=2e-4, betas=(0.5, 0.999), foreach=False)
+                        for k, p in method.param_groups().items()}
+    cpu_amp = resolve_cpu_amp(args.cpu_amp) and name != "cut_fp32"
+    method = build_method(cfg).setup(device, cpu_amp=cpu_amp)
+    return method, {k: make_adam(p, 2e-4, (0.5, 0.999)) for k, p in method.param_groups().items()}
+
+
+def job_interleave(args) -> dict:
+    """Step every variant of ``--variants`` in turn in this one process; per-variant s/iter."""
+    import torch
+    from translators.train import resolve_device
+
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    built = {name: _build_variant(name, args, device) for name in args.variants.split(",")}
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for i in range(args.warmup + args.steps):
+        for name, (method, opts) in built.items():
+            scaler = torch.amp.GradScaler(device.type, enabled=method.amp_enabled and method.amp_dtype == torch.float16)
+            b = random_batch(method.crop_spec())
+            sync()
+            t0 = time.perf_counter()
+            method.train_step(b, 0.1, opts, scaler)
+            sync()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: {"mean": statistics.mean(t), "median": statistics.median(t),
+                   "precision": "bf16 autocast" if built[name][0].amp_enabled else "fp32"}
+            for name, t in times.items()} | {"device": str(device), "threads": torch.get_num_threads()}
 
 
 def job_refine(args) -> dict:
@@ -212,7 +264,8 @@ def run_job(argv: list[str], threads: int | None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--job", choices=["train", "refine"])
+    p.add_argument("--job", choices=["train", "interleave", "refine"])
+    p.add_argument("--variants", default="before,cut,semst", help="--job interleave: variants stepped in turn")
     p.add_argument("--method", default="cut")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--ngf", type=int, default=16)
@@ -235,7 +288,8 @@ def main() -> None:
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)
-        print(json.dumps(job_train(args) if args.job == "train" else job_refine(args)))
+        jobs = {"train": job_train, "interleave": job_interleave, "refine": job_refine}
+        print(json.dumps(jobs[args.job](args)))
         return
 
     common = ["--device", args.device, "--cpu-amp", args.cpu_amp]
@@ -244,44 +298,50 @@ def main() -> None:
         settings.append(("CUT ref. big", 256, 64, 9, args.steps_big, 1))
     rows = []
     for label, crop, ngf, blocks, steps, warm in settings:
-        geo = ["--crop", str(crop), "--ngf", str(ngf), "--blocks", str(blocks), "--steps", str(steps),
-               "--warmup", str(warm), *common]
+        geo = ["--crop", str(crop), "--ngf", str(ngf), "--blocks", str(blocks), *common]
+        variants = "before,cut,semst" + (",cut_fp32" if label.startswith("CUT ref.") else "")
         res = {"label": label, "crop": crop, "ngf": ngf, "blocks": blocks}
-        res["cut_before"] = run_job(["train", "--method", "cut", "--baseline", *geo], args.threads)
-        res["cut"] = run_job(["train", "--method", "cut", *geo], args.threads)
-        if label.startswith("CUT ref.") and res["cut"]["precision"] != "fp32":
-            res["cut_fp32"] = run_job(["train", "--method", "cut", *geo, "--cpu-amp", "off"], args.threads)
-        res["semst"] = run_job(["train", "--method", "semst", *geo], args.threads)
+        res["time"] = run_job(["interleave", "--variants", variants, "--steps", str(steps), "--warmup", str(warm),
+                               *geo], args.threads)
+        # memory and TS share: one subprocess per method (peak RSS is per process)
+        mem_steps = ["--steps", str(max(1, steps // 4)), "--warmup", "1" if crop <= 64 else "0"]
+        res["cut"] = run_job(["train", "--method", "cut", *mem_steps, *geo], args.threads)
+        res["semst"] = run_job(["train", "--method", "semst", *mem_steps, *geo], args.threads)
         rows.append(res)
         print(f"done: {label}", file=sys.stderr, flush=True)
 
-    dev = rows[0]["cut"]["device"]
-    print(f"\nTranslator training step (device {dev}, threads {rows[0]['cut']['threads']}, batch 1, identity NCE on; "
+    t0 = rows[0]["time"]
+    print(f"\nTranslator training step (device {t0['device']}, threads {t0['threads']}, batch 1, identity NCE on; "
           f"SemST with h_l = h_g = crop, global ratio 2)")
-    print("wall = elapsed s/iter; cpu = process CPU s/iter (robust to other load on a shared machine)")
-    for key, name in (("s_per_iter", "wall"), ("cpu_s_per_iter", "cpu")):
-        print(f"{'setting':<16}{'crop':>5}{'ngf':>5}{'blk':>4} | {name + ' CUT before':>16}{'CUT':>9}{'speed-up':>9}"
-              f"{'SemST':>9}{'SemST/CUT':>10}{'TS fwd':>9}{'TS f+b':>8} | {'CUT MB':>8}{'SemST MB':>9}")
-        for r in rows:
-            cb, c, s = r["cut_before"][key], r["cut"][key], r["semst"][key]
-            print(f"{r['label']:<16}{r['crop']:>5}{r['ngf']:>5}{r['blocks']:>4} | {cb:>15.3f}s{c:>8.3f}s"
-                  f"{cb / c:>8.2f}x{s:>8.3f}s{s / c:>9.2f}x{r['semst']['ts_fraction']:>8.1%} | "
-                  f"{r['cut']['peak_mb']:>8.0f}{r['semst']['peak_mb']:>9.0f}")
-    print(f"\nprecision of our CUT/SemST jobs: {rows[0]['cut']['precision']} (--cpu-amp {args.cpu_amp}); "
-          "'CUT before' is always fp32")
-    print("\nOur CUT vs the original CUT implementation's s/iter on these 2-core machines (fp32)")
+    print(f"precision: CUT before = fp32; our CUT and SemST = {t0['cut']['precision']} (--cpu-amp {args.cpu_amp})")
+    print("s/iter = median step of the variants stepped in turn in one process (mean in brackets)")
+    print(f"{'setting':<16}{'crop':>5}{'ngf':>5}{'blk':>4} | {'CUT before':>18}{'CUT':>18}{'speed-up':>9}"
+          f"{'SemST':>18}{'SemST/CUT':>10}{'TS fwd':>8}{'TS f+b':>8} | {'CUT MB':>8}{'SemST MB':>9}")
     for r in rows:
-        if r["label"].startswith("CUT ref."):
-            ref = REFERENCE_CUT[r["crop"]]
-            for key in ("cut", "cut_fp32"):
-                if key not in r:
-                    continue
-                job = r[key]
-                ours, med, cpu = job["s_per_iter"], job["median_s_per_iter"], job["cpu_s_per_iter"]
-                print(f"  crop {r['crop']}, ngf/ndf {r['ngf']}, {r['blocks']} blocks, {job['precision']:<13}: "
-                      f"ours {ours:.3f} s/iter wall (median step {med:.3f}; {cpu:.3f} CPU-s/iter) vs original "
-                      f"{ref} s/iter -> {ref / ours:.2f}x by wall, {ref / med:.2f}x by median step "
-                      f"(target >= 1.5x)")
+        t = r["time"]
+        cb, c, s_ = t["before"], t["cut"], t["semst"]
+
+        def cell(v):
+            return f"{v['median']:.3f} ({v['mean']:.3f})"
+        print(f"{r['label']:<16}{r['crop']:>5}{r['ngf']:>5}{r['blocks']:>4} | {cell(cb):>18}{cell(c):>18}"
+              f"{cb['median'] / c['median']:>8.2f}x{cell(s_):>18}{s_['median'] / c['median']:>9.2f}x"
+              f"{r['semst']['ts_fraction']:>8.1%}{r['semst']['ts_fb_fraction']:>8.1%} | "
+              f"{r['cut']['peak_mb']:>8.0f}{r['semst']['peak_mb']:>9.0f}")
+    print("\nOur CUT vs the original CUT implementation (fp32; its s/iter on these 2-core machines) and vs "
+          "'CUT before' stepped alongside")
+    for r in rows:
+        if not r["label"].startswith("CUT ref."):
+            continue
+        ref = REFERENCE_CUT[r["crop"]]
+        before = r["time"]["before"]["median"]
+        for key in ("cut", "cut_fp32"):
+            job = r["time"].get(key)
+            if job is None or (key == "cut_fp32" and r["time"]["cut"]["precision"] == "fp32"):
+                continue
+            med = job["median"]
+            print(f"  crop {r['crop']}, ngf/ndf {r['ngf']}, {r['blocks']} blocks, {job['precision']:<13}: "
+                  f"{med:.3f} s/iter (mean {job['mean']:.3f}) -> {ref / med:.2f}x the original's {ref} s/iter, "
+                  f"{before / med:.2f}x 'CUT before' ({before:.3f}) (target >= 1.5x)")
 
     print("\nRefine one 2048x1024 image (random weights; speed does not depend on them)")
     refine_settings = [("semst tiny (tile 64)", "semst", 64, 16, 3), ("cut tiny (tile 64)", "cut", 64, 16, 3)]

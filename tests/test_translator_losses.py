@@ -254,37 +254,57 @@ def test_rsmi_batched_survives_thread_count_changes():
         torch.set_num_threads(before)
 
 
-def test_rsmi_closed_form_backward_matches_autograd_through_the_solve():
-    """The custom backward of the ridge objective equals autograd through Cholesky (float64)."""
-    from translators.losses.rsmi import _RidgeObjective, _spd_solve
+@pytest.mark.parametrize("relative", [True, False])
+def test_rsmi_closed_form_backward_matches_autograd_through_the_solve(relative):
+    """The fused objective (H built inside, rank-2 closed-form backward) equals autograd through
+    the explicit construction of H and a linear solve, in value and gradient (float64)."""
+    from translators.losses.rsmi import _RSMIObjective
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(3, 12, 9, generator=gen, dtype=torch.float64)
-    H0 = a @ a.transpose(1, 2) / 9  # symmetric PSD, like the moment matrix
-    h0 = torch.rand(3, 12, generator=gen, dtype=torch.float64)
-    ridge = torch.tensor([0.05, 0.1, 0.01], dtype=torch.float64)
-    w_h, w_H = torch.randn(3, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
+    g, m, n = 3, 3, 20
+    K0 = torch.rand(g, m, n, generator=gen, dtype=torch.float64)
+    L0 = torch.rand(g, m, n, generator=gen, dtype=torch.float64)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    alpha, pairs, lam = 0.5, n * (n - 1), 0.05
+    beta, gamma = alpha / pairs, (1 - alpha) / n - alpha / pairs
 
-    def through(fn):
-        x = torch.randn(3, 12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_(True)
-        H = H0 + w_H[:, None, None] * (x @ x.transpose(1, 2)) / 50  # symmetric dependence on x
-        h = h0 + w_h[:, None] * x.sum(-1) / 10
-        val = fn(h, H)
-        (val * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).sum().backward()
-        return val.detach(), x.grad
+    def through(objective):
+        K, L = K0.clone().requires_grad_(True), L0.clone().requires_grad_(True)
+        phi = (K[:, :, None, :] * L[:, None, :, :]).reshape(g, m * m, n)
+        h = ((K.sum(2)[:, :, None] * L.sum(2)[:, None, :]).reshape(g, -1) - phi.sum(2)) / pairs
+        val = objective(h, phi, K @ K.transpose(1, 2), L @ L.transpose(1, 2))
+        (val * weights).sum().backward()
+        return val.detach(), K.grad, L.grad
 
-    def reference(h, H):
-        theta = _spd_solve(H + ridge[:, None, None] * torch.eye(12, dtype=H.dtype), h)
+    def reference(h, phi, kk, ll):
+        kron = (kk[:, :, None, :, None] * ll[:, None, :, None, :]).reshape(g, m * m, m * m)
+        H = beta * kron + gamma * phi @ phi.transpose(1, 2)
+        ridge = lam * H.diagonal(dim1=1, dim2=2).mean(1).detach() if relative else torch.full((g,), lam, dtype=H.dtype)
+        theta = torch.linalg.solve(H + ridge[:, None, None] * torch.eye(m * m, dtype=H.dtype), h)
         return 2 * (theta * h).sum(1) - (theta[:, None, :] @ H @ theta[:, :, None]).reshape(-1)
 
-    v_ref, g_ref = through(reference)
-    v_new, g_new = through(lambda h, H: _RidgeObjective.apply(h, H, ridge))
-    torch.testing.assert_close(v_new, v_ref)
-    torch.testing.assert_close(g_new, g_ref)
+    v_ref, gk_ref, gl_ref = through(reference)
+    v_new, gk_new, gl_new = through(lambda *a: _RSMIObjective.apply(*a, beta, gamma, lam, relative))
+    torch.testing.assert_close(v_new, v_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gk_new, gk_ref, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(gl_new, gl_ref, rtol=1e-7, atol=1e-10)
     # and the whole estimator still has a finite, non-zero gradient with respect to y
     x = torch.rand(64, 2, generator=gen)
     y = (x + 0.1 * torch.randn(64, 2, generator=gen)).requires_grad_(True)
     rsmi(x, y).backward()
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_fused_distances_match_autograd_of_the_plain_form():
+    from translators.losses.rsmi import _DistancesToOwnRows, _sq_dist
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 11, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    rows = torch.tensor([0, 5, 10])
+    fused = _DistancesToOwnRows.apply(x, rows)
+    ref = _sq_dist(x, x.index_select(1, rows))
+    torch.testing.assert_close(fused, ref)
+    w = torch.randn(fused.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(fused, x, w)[0], torch.autograd.grad(ref, x, w)[0])
+    assert torch.autograd.gradcheck(lambda t: _DistancesToOwnRows.apply(t, rows).index_select(2, torch.tensor([1, 2, 3])), (x,))
 
 
 def test_fused_contrastive_losses_run_in_float32_under_autocast():

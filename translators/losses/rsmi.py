@@ -61,9 +61,38 @@ def median_distance(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sq_dist(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(G, m, n) squared distances ||c_a - x_p||^2 for x (G, n, D), centres (G, m, D)."""
+    """(G, m, n) squared distances ||c_a - x_p||^2 for x (G, n, D), centres (G, m, D) (reference
+    form, autograd; :class:`_DistancesToOwnRows` is the fused version used by the estimator)."""
     return (centres.pow(2).sum(-1, keepdim=True) + x.pow(2).sum(-1)[:, None, :]
             - 2.0 * centres @ x.transpose(1, 2)).clamp_min(0)
+
+
+class _DistancesToOwnRows(torch.autograd.Function):
+    """d2[g, a, p] = ||x[g, c_a] - x[g, p]||^2 (clamped at 0): squared distances from the rows
+    ``c`` of x to all its rows, with a hand-written backward that reads x three times instead of
+    autograd's ~8 passes over (G, N, D) tensors (squares, broadcasts, the gather's scatter):
+        dx_p = 2 x_p sum_a G_ap - 2 sum_a G_ap x_{c_a},   plus at p = c_a:  2 x_{c_a} sum_p G_ap - 2 sum_p G_ap x_p
+    (G zeroed where the clamp was active)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        c = x.index_select(1, rows)                                      # (G, m, D)
+        sq = torch.linalg.vector_norm(x, dim=2).square()                 # (G, N)
+        d2 = torch.baddbmm(sq[:, None, :] + sq.index_select(1, rows)[:, :, None], c, x.transpose(1, 2),
+                           alpha=-2.0)
+        clamped = d2 < 0
+        ctx.save_for_backward(x, rows, clamped)
+        return d2.masked_fill_(clamped, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, rows, clamped = ctx.saved_tensors
+        grad = grad.masked_fill(clamped, 0.0)
+        c = x.index_select(1, rows)
+        grad_x = x * (2.0 * grad.sum(1))[:, :, None]
+        grad_x.baddbmm_(grad.transpose(1, 2), c, alpha=-2.0)
+        grad_c = c * (2.0 * grad.sum(2))[:, :, None] - 2.0 * torch.bmm(grad, x)
+        return grad_x.index_add_(1, rows, grad_c), None
 
 
 def _gauss(d2: torch.Tensor, sigma: float | torch.Tensor | None) -> torch.Tensor:
@@ -77,28 +106,14 @@ def _gauss(d2: torch.Tensor, sigma: float | torch.Tensor | None) -> torch.Tensor
     return torch.exp(-d2 / (2.0 * sig.reshape(-1, 1, 1) ** 2))
 
 
-def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve A theta = b for a batch of symmetric positive-definite A (G, n, n), b (G, n).
-
-    Cholesky first: it is the right factorisation for the ridge-regularised moment matrix, and
-    MKL's batched LU (``torch.linalg.solve``) fails for n >= 256 after ``torch.set_num_threads``
-    has been changed in the process ("Pivots given to lu_solve must all be greater or equal to 1",
-    seen with torch 2.14 on CPU). Groups whose matrix is not numerically positive-definite fall back
-    to a per-matrix LU solve. Never an explicit inverse.
-    """
-    chol, info = torch.linalg.cholesky_ex(A)
-    theta = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
-    bad = (info != 0).nonzero().flatten().tolist()
-    if bad:
-        theta = theta.clone()
-        for g in bad:
-            theta[g] = torch.linalg.solve(A[g], b[g])
-    return theta
-
-
 def _spd_solve_pair(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """theta = A^-1 b and z = A^-1 theta for SPD A (G, n, n), b (G, n): one Cholesky factor, two
-    triangular solve pairs; per-matrix LU for groups that are not numerically positive-definite."""
+    """theta = A^-1 b and z = A^-1 theta for symmetric positive-definite A (G, n, n), b (G, n).
+
+    Cholesky: the right factorisation for the ridge-regularised moment matrix, and MKL's batched LU
+    (``torch.linalg.solve``) fails for n >= 256 after ``torch.set_num_threads`` has been changed in
+    the process ("Pivots given to lu_solve must all be greater or equal to 1", torch 2.14 on CPU).
+    One factor, two triangular solve pairs; groups whose matrix is not numerically
+    positive-definite fall back to a per-matrix LU solve. Never an explicit inverse."""
     chol, info = torch.linalg.cholesky_ex(A)
     theta = torch.cholesky_solve(b.unsqueeze(-1), chol)
     z = torch.cholesky_solve(theta, chol).squeeze(-1)
@@ -109,30 +124,53 @@ def _spd_solve_pair(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     return theta, z
 
 
-class _RidgeObjective(torch.autograd.Function):
-    """f(h, H) = 2 theta^T h - theta^T H theta with theta = (H + r I)^-1 h, r constant (detached).
+class _RSMIObjective(torch.autograd.Function):
+    """f = 2 theta^T h - theta^T H theta with theta = (H + r I)^-1 h and the moment matrix
+    H = beta kron(kk, ll) + gamma phi phi^T built inside (r: lam * mean(diag H), detached, or lam).
 
-    Same value and gradient as autograd through the Cholesky solve, in closed form: with
-    A = H + r I and z = A^-1 theta, h - H theta = r theta gives
-        df/dh = 2 theta + 2 r z,   df/dH = -theta theta^T - r (z theta^T + theta z^T)
-    (symmetrised, as H is symmetric). The backward is two outer products instead of
-    differentiating the factorisation (triangular solves, tril masks on m^2 x m^2 matrices)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, H: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
-        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-        theta, z = _spd_solve_pair(H + ridge[:, None, None] * eye, h)
-        ctx.save_for_backward(theta, z, ridge)
-        return 2.0 * (theta * h).sum(1) - (theta[:, None, :] @ H @ theta[:, :, None]).reshape(-1)
+    Same value and gradient as autograd through the Cholesky solve and the construction of H, in
+    closed form: with A = H + r I, z = A^-1 theta and v = theta + 2 r z,
+        df/dh = 2 theta + 2 r z,   df/dH = -(theta v^T + v theta^T) / 2      (rank 2),
+    so the gradients w.r.t. phi and the Gram matrices kk, ll (with Theta, V = theta, v as m x m)
+        df/dphi = 2 gamma df/dH phi,
+        df/dkk = -beta/2 (Theta ll V^T + V ll Theta^T),  df/dll = -beta/2 (Theta^T kk V + V^T kk Theta)
+    are rank-2 products: no m^2 x m^2 gradient is ever formed, and H is built in one buffer that
+    becomes A in place."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        theta, z, ridge = ctx.saved_tensors
+    def forward(ctx, h, phi, kk, ll, beta: float, gamma: float, lam: float, relative: bool):
+        g, m = kk.shape[0], kk.shape[1]
+        A = (kk[:, :, None, :, None] * ll[:, None, :, None, :]).reshape(g, m * m, m * m)
+        A.baddbmm_(phi, phi.transpose(1, 2), beta=beta, alpha=gamma)           # H
+        diag = A.diagonal(dim1=1, dim2=2)
+        ridge = lam * diag.mean(1) if relative else torch.full((g,), lam, dtype=A.dtype, device=A.device)
+        diag.add_(ridge[:, None])                                               # A = H + r I
+        theta, z = _spd_solve_pair(A, h)
+        # theta^T H theta = theta^T A theta - r |theta|^2
+        quad = (torch.bmm(A, theta[:, :, None]).squeeze(2) * theta).sum(1) - ridge * (theta * theta).sum(1)
+        ctx.save_for_backward(theta, z, ridge, phi, kk, ll)
+        ctx.beta, ctx.gamma = beta, gamma
+        return 2.0 * (theta * h).sum(1) - quad
+
+    @staticmethod
+    def backward(ctx, grad):
+        theta, z, ridge, phi, kk, ll = ctx.saved_tensors
+        g, m = kk.shape[0], kk.shape[1]
         rz = ridge[:, None] * z
         grad_h = grad[:, None] * 2.0 * (theta + rz)
-        outer = theta[:, :, None] * (theta + 2.0 * rz)[:, None, :]  # theta theta^T + 2 r theta z^T
-        grad_H = -0.5 * grad[:, None, None] * (outer + outer.transpose(1, 2))
-        return grad_h, grad_H, None
+        v = theta + 2.0 * rz
+        s = (-0.5 * grad)[:, None, None]
+        # dH phi = s (theta (v^T phi) + v (theta^T phi)), then times 2 gamma
+        tv = torch.stack([theta, v], dim=1)                                    # (G, 2, M)
+        proj = torch.bmm(tv, phi)                                               # (G, 2, n): theta^T phi, v^T phi
+        grad_phi = torch.bmm(tv.transpose(1, 2), proj.flip(1)) * (2.0 * ctx.gamma * s)
+        Th, V = theta.reshape(g, m, m), v.reshape(g, m, m)
+        bs = ctx.beta * s
+        t_ll_v = Th @ ll @ V.transpose(1, 2)
+        t_kk_v = Th.transpose(1, 2) @ kk @ V
+        grad_kk = bs * (t_ll_v + t_ll_v.transpose(1, 2))    # V ll Theta^T = (Theta ll^T V^T)^T, ll symmetric
+        grad_ll = bs * (t_kk_v + t_kk_v.transpose(1, 2))
+        return grad_h, grad_phi, grad_kk, grad_ll, None, None, None, None
 
 
 def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
@@ -158,22 +196,20 @@ def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: floa
         is_centre = torch.zeros(n_all, dtype=torch.bool, device=x.device)
         is_centre[torch.linspace(0, n_all - 1, m, device=x.device).round().long()] = True
         m = int(is_centre.sum())
-        K = _gauss(_sq_dist(x[:, ~is_centre], x[:, is_centre]), sigma_x)  # (G, m, n)
-        L = _gauss(_sq_dist(y[:, ~is_centre], y[:, is_centre]), sigma_y)
+        # distances of every sample to the centres, then the held-out centre columns dropped from
+        # the small (G, m, N) matrix: no (G, N - m, D) copy of the samples, forward or backward
+        rest, centres = (~is_centre).nonzero().squeeze(1), is_centre.nonzero().squeeze(1)
+        K = _gauss(_DistancesToOwnRows.apply(x, centres).index_select(2, rest), sigma_x)  # (G, m, n)
+        L = _gauss(_DistancesToOwnRows.apply(y, centres).index_select(2, rest), sigma_y)
         g, n = K.shape[0], K.shape[2]
         phi = (K[:, :, None, :] * L[:, None, :, :]).reshape(g, m * m, n)  # phi_ab, a slow, b fast
         pairs = n * (n - 1)
         h = ((K.sum(2)[:, :, None] * L.sum(2)[:, None, :]).reshape(g, -1) - phi.sum(2)) / pairs
-        joint2 = phi @ phi.transpose(1, 2)
         kk, ll = K @ K.transpose(1, 2), L @ L.transpose(1, 2)
-        kron = (kk[:, :, None, :, None] * ll[:, None, :, None, :]).reshape(g, m * m, m * m)
-        H = alpha * (kron - joint2) / pairs + (1.0 - alpha) * joint2 / n
-        if lam_relative:
-            ridge = lam * H.diagonal(dim1=1, dim2=2).mean(1).detach()
-        else:
-            ridge = torch.full((g,), float(lam), dtype=H.dtype, device=H.device)
+        # H = alpha (kron(kk, ll) - phi phi^T) / pairs + (1 - alpha) phi phi^T / n;
         # 2 theta^T h - theta^T H theta - 1 with theta = (H + ridge I)^-1 h (closed-form backward)
-        return _RidgeObjective.apply(h, H, ridge) - 1.0
+        beta, gamma = alpha / pairs, (1.0 - alpha) / n - alpha / pairs
+        return _RSMIObjective.apply(h, phi, kk, ll, beta, gamma, float(lam), bool(lam_relative)) - 1.0
 
 
 def rsmi(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
