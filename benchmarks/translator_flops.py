@@ -3,14 +3,16 @@
     python benchmarks/translator_flops.py                  # tiny + crop 256 / ngf 64, CUT and SemST, 2 threads
     python benchmarks/translator_flops.py --skip-big       # tiny preset only
     python benchmarks/translator_flops.py --threads 1 --matmul-size 2048
+    python benchmarks/translator_flops.py --cpu-amp auto   # steps under bf16 autocast (vs the bf16 peak)
 
 For each setting the step (translate, D step, G+F step; synthetic batch; the same step function
 as benchmarks/translator_speed.py) runs once under ``torch.utils.flop_counter.FlopCounterMode``
 (also the warm-up), then ``--steps`` timed steps. FLOPs are what the counter registers: matmul,
 convolution (and their backward) -- elementwise ops, norms, the optimiser and the rSMI Cholesky
 solve are not counted, so the figure is a lower bound of the work done. The peak is the best of
-``--repeats`` timings of an n x n fp32 matmul (2 n^3 FLOPs) with the same thread count, measured in
-the same process just before the steps. Prints GFLOP per step, s/step, achieved GFLOP/s and the
+``--repeats`` timings of an n x n matmul (2 n^3 FLOPs; fp32, or bf16 with ``--cpu-amp`` on/auto on a
+CPU with native bf16) with the same thread count, measured in the same process just before the
+steps. Default ``--cpu-amp off``: the steps run in float32. Prints GFLOP per step, s/step, achieved GFLOP/s and the
 fraction of the matmul peak, both per wall second and per CPU second (the CPU-time ratio is the
 robust one when other jobs share the cores).
 """
@@ -31,11 +33,11 @@ SETTINGS = {  # name -> (crop, ngf, residual blocks)
 }
 
 
-def matmul_peak(n: int, repeats: int) -> tuple[float, float]:
-    """Best GFLOP/s of an n x n fp32 matmul (2 n^3 FLOPs): (per wall second, per CPU second)."""
+def matmul_peak(n: int, repeats: int, dtype=None) -> tuple[float, float]:
+    """Best GFLOP/s of an n x n matmul (2 n^3 FLOPs; fp32 by default): (per wall second, per CPU second)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best, best_cpu = float("inf"), float("inf")
     for _ in range(repeats):
@@ -45,7 +47,7 @@ def matmul_peak(n: int, repeats: int) -> tuple[float, float]:
     return 2.0 * n ** 3 / best / 1e9, 2.0 * n ** 3 / best_cpu / 1e9
 
 
-def step_flops(method_name: str, crop: int, ngf: int, blocks: int, steps: int) -> dict:
+def step_flops(method_name: str, crop: int, ngf: int, blocks: int, steps: int, cpu_amp: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -56,7 +58,7 @@ def step_flops(method_name: str, crop: int, ngf: int, blocks: int, steps: int) -
     cfg = _config(method_name, crop, ngf, blocks)
     torch.manual_seed(0)
     method = build_method(cfg)
-    method.setup(torch.device("cpu"))
+    method.setup(torch.device("cpu"), cpu_amp=cpu_amp)
     opts = {k: make_adam(p, 2e-4, (0.5, 0.999)) for k, p in method.param_groups().items()}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     spec = method.crop_spec()
@@ -86,13 +88,18 @@ def main() -> None:
     p.add_argument("--steps-big", type=int, default=1, help="timed steps at crop 256 / ngf 64")
     p.add_argument("--matmul-size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cpu-amp", default="off", choices=["auto", "on", "off"],
+                   help="run the steps under bf16 autocast (train.cpu_amp semantics; default off = float32)")
     args = p.parse_args()
 
     import torch
+    from translators.methods.base import resolve_cpu_amp
 
     torch.set_num_threads(args.threads)
-    peak, peak_cpu = matmul_peak(args.matmul_size, args.repeats)
-    print(f"matmul peak: {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} GFLOP per CPU-s (fp32 {args.matmul_size}^2, "
+    amp = resolve_cpu_amp(args.cpu_amp)
+    peak, peak_cpu = matmul_peak(args.matmul_size, args.repeats, torch.bfloat16 if amp else torch.float32)
+    print(f"steps in {'bf16 autocast' if amp else 'float32'}")
+    print(f"matmul peak: {peak:.1f} GFLOP/s wall, {peak_cpu:.1f} GFLOP per CPU-s ({'bf16' if amp else 'fp32'} {args.matmul_size}^2, "
           f"{args.threads} threads, best of {args.repeats}); torch {torch.__version__}")
     rows = []
     for setting, (crop, ngf, blocks) in SETTINGS.items():
@@ -100,7 +107,7 @@ def main() -> None:
             continue
         for m in args.methods:
             steps = args.steps if setting == "tiny" else args.steps_big
-            r = step_flops(m, crop, ngf, blocks, steps)
+            r = step_flops(m, crop, ngf, blocks, steps, cpu_amp=amp)
             rows.append((m, setting, r))
             print(f"  {m:6s} {setting:14s} {r['gflop']:8.2f} GFLOP/step {r['s_per_step']:8.3f} s/step "
                   f"{r['gflops']:7.1f} GFLOP/s = {100 * r['gflops'] / peak:5.1f} % of peak; "

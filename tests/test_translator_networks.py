@@ -221,3 +221,26 @@ def test_pads_keep_bf16_and_blur_runs_in_float32_under_cpu_autocast():
     assert down.dtype == up.dtype == torch.float32
     torch.testing.assert_close(down, BlurDownsample(4)(x.float()))
     torch.testing.assert_close(up, BlurUpsample(4)(x.float()))
+
+
+def test_l2_normalize_fused_backward_matches_autograd():
+    from translators.networks import l2_normalize
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    x[2] = 0.0  # a zero row: output 0, finite gradient
+    x.requires_grad_(True)
+    y = l2_normalize(x)
+    ref = x / (x.norm(dim=1, keepdim=True) + 1e-7)
+    torch.testing.assert_close(y, ref)
+    w = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    (g,) = torch.autograd.grad(y, x, w)
+    rows = [0, 1, 3, 4, 5]
+    (g_ref,) = torch.autograd.grad(ref[rows], x, w[rows])
+    torch.testing.assert_close(g[rows], g_ref[rows])
+    assert torch.isfinite(g).all()
+    assert torch.autograd.gradcheck(lambda t: l2_normalize(t[[0, 1, 3]], dim=1), (x,))
+    low = torch.randn(4, 8).bfloat16().requires_grad_(True)
+    out = l2_normalize(low)
+    assert out.dtype == torch.float32
+    (g_low,) = torch.autograd.grad(out.sum(), low)
+    assert g_low.dtype == torch.bfloat16

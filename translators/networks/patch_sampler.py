@@ -21,9 +21,32 @@ from torch import nn
 from .blocks import init_weights
 
 
+class _L2Normalize(torch.autograd.Function):
+    """y = x / (||x|| + eps) in at least float32, with the two-pass backward
+    dx = g / (||x|| + eps) - (g . y) y / ||x||  (autograd through norm and division takes ~6)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        n = torch.linalg.vector_norm(xf, dim=dim, keepdim=True)
+        y = xf / (n + eps)
+        ctx.save_for_backward(y, n)
+        ctx.dim, ctx.eps, ctx.in_dtype = dim, eps, x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, n = ctx.saved_tensors
+        dot = (grad * y).sum(ctx.dim, keepdim=True)
+        # a zero row has y = 0, so its second term is 0 whatever the clamp
+        dx = grad / (n + ctx.eps) - y * (dot / n.clamp_min(torch.finfo(n.dtype).tiny))
+        return dx.to(ctx.in_dtype), None, None
+
+
 def l2_normalize(x: torch.Tensor, dim: int = 1, eps: float = 1e-7) -> torch.Tensor:
-    """``x / (||x||_2 + eps)`` along ``dim`` (CUT's Normalize layer)."""
-    return x / (x.norm(p=2, dim=dim, keepdim=True) + eps)
+    """``x / (||x||_2 + eps)`` along ``dim`` (CUT's Normalize layer), returned in at least float32
+    (the 1e-7 eps must survive autocast) with a fused backward (:class:`_L2Normalize`)."""
+    return _L2Normalize.apply(x, dim, eps)
 
 
 class PatchSampleF(nn.Module):
@@ -80,6 +103,6 @@ class PatchSampleF(nn.Module):
             # gather on the contiguous (B, C, H*W) view (index_select; its backward is index_add)
             sample = flat.index_select(2, ids).transpose(1, 2).reshape(-1, c)  # (B*P, C)
             # normalised in float32 so the 1e-7 eps survives autocast (fp16/bf16)
-            out.append(l2_normalize(mlp(sample).float(), dim=1))
+            out.append(l2_normalize(mlp(sample), dim=1))
             ids_out.append(ids)
         return out, ids_out
