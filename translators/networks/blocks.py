@@ -8,12 +8,17 @@
 * :func:`make_norm`: the norm-layer factory (``"instance"`` = InstanceNorm2d(affine=False,
   track_running_stats=False) as in CUT, ``"batch"``, ``"none"``).
 * :class:`ResnetBlock`: pad-conv3x3-norm-ReLU-pad-conv3x3-norm with an identity skip.
+* :class:`ReflectionPad2d` / :class:`ReplicationPad2d` (:func:`pad_keep_dtype`): pads that keep
+  the activation dtype under autocast (CPU autocast would run them in float32); the blur filters run
+  in float32 under CPU autocast (:func:`depthwise_full_precision`).
 * :func:`init_weights`: CUT/CycleGAN initialisation. Conv / Linear weights: ``normal`` N(0, gain),
   ``xavier`` xavier_normal_(gain), ``kaiming`` kaiming_normal_(a=0, fan_in), ``orthogonal``
   orthogonal_(gain); biases 0; BatchNorm weights N(1, gain), biases 0. CUT's default is xavier
   with gain 0.02 (reference/translators.md 1.2, pitfall 8.4). Blur filters are buffers, untouched.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +66,12 @@ def depthwise_full_precision(fn):
     oneDNN has no fast bf16 depthwise kernels (forward + backward of the blur at 32 channels,
     66x66: 0.68 ms in float32, 2.06 ms in bf16), and the blur is memory-bound anyway; the next
     conv casts the float32 output back to bf16."""
+    @functools.wraps(fn)
     def wrapped(self, x: torch.Tensor) -> torch.Tensor:
         if _cpu_autocast(x):
             with torch.autocast("cpu", enabled=False):
                 return fn(self, x.float())
         return fn(self, x)
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 

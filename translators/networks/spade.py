@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import init_weights
+from .blocks import ReflectionPad2d, init_weights
 
 SEG_INTERP = ("bilinear", "nearest")
 
@@ -123,8 +123,8 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+            ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(True),
+            ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
@@ -147,11 +147,11 @@ class ContentEncoder(nn.Module):
     def __init__(self, input_nc: int = 3, ngf: int = 64, n_downsample: int = 2, n_res: int = 4,
                  spectral: bool = True, init_type: str = "kaiming", init_gain: float = 0.02) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf),
+        layers: list[nn.Module] = [ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         ch = ngf
         for _ in range(n_downsample):
-            layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch * 2, 4, stride=2), nn.InstanceNorm2d(ch * 2),
+            layers += [ReflectionPad2d(1), nn.Conv2d(ch, ch * 2, 4, stride=2), nn.InstanceNorm2d(ch * 2),
                        nn.ReLU(True)]
             ch *= 2
         layers += [_ResBlock(ch) for _ in range(n_res)]
@@ -176,10 +176,10 @@ class SpadeDecoder(nn.Module):
         self.res = nn.ModuleList(SPADEResnetBlock(ch, label_nc, hidden, spectral, seg_interp) for _ in range(n_res))
         up: list[nn.Module] = []
         for _ in range(n_downsample):
-            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(2), nn.Conv2d(ch, ch // 2, 5),
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), ReflectionPad2d(2), nn.Conv2d(ch, ch // 2, 5),
                    LayerNorm(ch // 2), nn.ReLU(True)]
             ch //= 2
-        up += [nn.ReflectionPad2d(3), nn.Conv2d(ch, output_nc, 7), nn.Tanh()]
+        up += [ReflectionPad2d(3), nn.Conv2d(ch, output_nc, 7), nn.Tanh()]
         self.up = nn.Sequential(*up)
         init_weights(self, init_type, init_gain)
         if spectral:
