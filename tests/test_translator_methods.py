@@ -328,6 +328,9 @@ def test_cpu_amp_setting_is_validated_and_resolved():
         tiny("cut", "train.cpu_amp=maybe")
     assert resolve_cpu_amp("on") and not resolve_cpu_amp("off")
     assert resolve_cpu_amp("auto") == cpu_has_native_bf16()
+    for text, want in (("off", False), ("on", True), ("false", False), ("true", True), ("auto", cpu_has_native_bf16())):
+        # YAML (and so --set) reads a bare on/off as a boolean: every spelling must work
+        assert resolve_cpu_amp(tiny("cut", f"train.cpu_amp={text}").train.cpu_amp) == want, text
     method = build_method(tiny("cut"))
     assert not method.setup(torch.device("cpu")).amp_enabled          # inference/refine: float32
     assert method.setup(torch.device("cpu"), cpu_amp=True).amp_dtype == torch.bfloat16

@@ -138,7 +138,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 2000
     amp: bool = True                 # CUDA only: autocast + GradScaler
-    cpu_amp: str = "auto"            # CPU training: bf16 autocast; auto = where the CPU has native bf16
+    cpu_amp: bool | str = "auto"     # CPU training: bf16 autocast; auto = where the CPU has native bf16
     amp_dtype: str = "float16"
     channels_last: bool = True       # CUDA only
     cudnn_benchmark: bool = True     # CUDA only; set false for bit-exact GPU resume
@@ -331,7 +331,8 @@ def validate(cfg: TranslatorConfig, source: str = "config") -> None:
         need(cfg.get(key) >= 1, key, "must be >= 1")
     need(cfg.train.decay_iters is None or cfg.train.decay_iters >= 0, "train.decay_iters", "must be >= 0")
     need(cfg.train.amp_dtype in ("float16", "bfloat16"), "train.amp_dtype", "must be float16 or bfloat16")
-    need(cfg.train.cpu_amp in ("auto", "on", "off"), "train.cpu_amp", "must be auto, on or off")
+    need(cfg.train.cpu_amp in ("auto", "on", "off") or isinstance(cfg.train.cpu_amp, bool), "train.cpu_amp",
+         "must be auto, on or off (or true / false)")
     need(0.0 <= cfg.refine.tile_overlap < 1.0, "refine.tile_overlap", "must be in [0, 1)")
     need(cfg.refine.blend in ("mean", "linear"), "refine.blend", "must be 'mean' or 'linear'")
     need(cfg.refine.tile is None or (cfg.refine.tile >= 16 and cfg.refine.tile % 4 == 0), "refine.tile",

@@ -83,8 +83,11 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_cpu_amp(setting: str) -> bool:
-    """``train.cpu_amp``: ``on`` -> True, ``off`` -> False, ``auto`` -> :func:`cpu_has_native_bf16`."""
+def resolve_cpu_amp(setting: str | bool) -> bool:
+    """``train.cpu_amp``: ``on``/true -> True, ``off``/false -> False, ``auto`` ->
+    :func:`cpu_has_native_bf16` (YAML reads a bare on/off as a boolean, so both spellings count)."""
+    if isinstance(setting, bool):
+        return setting
     if setting == "auto":
         return cpu_has_native_bf16()
     return setting == "on"
