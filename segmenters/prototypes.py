@@ -36,10 +36,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from domains.prepared import PreparedDataError, PreparedDataset, Sample
+from domains.prepared import PreparedDataError, Sample
 
-from .io import InferenceSet, default_device, make_loader, release_free_memory, resize_maps, write_png
-from .pseudolabel import CONFIDENCES, META, _soft_size, class_names, staged_output_dir
+from .io import InferenceSet, make_loader, release_free_memory, resize_maps, write_png
+from .pseudolabel import CONFIDENCES, META, _soft_size, class_names, open_split_and_segmenter, staged_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    dataset = PreparedDataset.load(args.target)
-    samples = dataset.samples(args.split)
-    if not samples:
-        raise PreparedDataError(f"split '{args.split}' of {dataset.root} is empty ({dataset.split_file(args.split)})")
-    from .loader import load_segmenter
-
-    segmenter = load_segmenter(args.checkpoint, device=args.device or default_device(), amp=not args.no_amp)
+    samples, segmenter = open_split_and_segmenter(args)
     ckpt_meta = {k: segmenter.meta.get(k) for k in ("arch", "preset", "uda", "iter", "test_scale")}
     meta = generate(segmenter, samples, args.out, args.soft_scale, args.feat_in_index, args.min_pixels,
                     args.batch_size, args.workers,

@@ -256,16 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Pseudo-label as the parsed command line says; returns the meta.json content."""
+def open_split_and_segmenter(args: argparse.Namespace):
+    """(samples of ``--target``/``--split``, segmenter of ``--checkpoint``) for the inference CLIs;
+    an empty split is a PreparedDataError naming the split file."""
     dataset = PreparedDataset.load(args.target)
     samples = dataset.samples(args.split)
     if not samples:
         raise PreparedDataError(f"split '{args.split}' of {dataset.root} is empty ({dataset.split_file(args.split)})")
-
     from .loader import load_segmenter
 
-    segmenter = load_segmenter(args.checkpoint, device=args.device or default_device(), amp=not args.no_amp)
+    return samples, load_segmenter(args.checkpoint, device=args.device or default_device(), amp=not args.no_amp)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Pseudo-label as the parsed command line says; returns the meta.json content."""
+    samples, segmenter = open_split_and_segmenter(args)
     logger.info("pseudo-labelling %s/%s (%d images) with %s, rule %s", args.target, args.split, len(samples),
                 args.checkpoint, args.rule)
     ckpt_meta = {k: segmenter.meta.get(k) for k in ("arch", "preset", "uda", "iter", "test_scale")}
