@@ -211,7 +211,12 @@ def build_runner(args: argparse.Namespace) -> tuple[Runner, dict, RunStartHook]:
     optim_wrapper = method.optim_wrapper(cfg)
     if amp:
         optim_wrapper = _amp_wrapper(optim_wrapper)
-    val_interval = int(args.val_interval or cfg.get("val_interval", max_iters))
+    # --val-interval 0: no validation inside training (the workflow's evaluate rule scores every
+    # round, so in-training validation would only cost wall time)
+    val_interval = int(cfg.get("val_interval", max_iters) if args.val_interval is None else args.val_interval)
+    if val_interval < 0:
+        raise TrainError(f"--val-interval must be >= 0, got {val_interval}")
+    validate = val_interval > 0
     init = args.init or cfg.get("init_from", None)
     start_hook = RunStartHook(init=init, init_strict=bool(cfg.get("init_strict", True)))
     work_dir = Path(args.work_dir)
@@ -223,9 +228,10 @@ def build_runner(args: argparse.Namespace) -> tuple[Runner, dict, RunStartHook]:
                               dataset=train_dataset, collate_fn=dict(type="pseudo_collate"), **loader),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max(val_interval, 1)),
         val_dataloader=dict(batch_size=1, sampler=dict(type="DefaultSampler", shuffle=False),
-                            dataset=val_dataset_cfg(cfg, inputs), collate_fn=dict(type="pseudo_collate"), **loader),
-        val_cfg=dict(type="ValLoop"),
-        val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
+                            dataset=val_dataset_cfg(cfg, inputs), collate_fn=dict(type="pseudo_collate"),
+                            **loader) if validate else None,
+        val_cfg=dict(type="ValLoop") if validate else None,
+        val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]) if validate else None,
         optim_wrapper=optim_wrapper,
         param_scheduler=_schedulers(cfg, config_max_iters, max_iters),
         default_hooks=dict(
@@ -305,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-split", default="train")
     p.add_argument("--target-split", default="train", help="target split trained on (unlabelled / pseudo / oracle)")
     p.add_argument("--val-split", default="val", help="labelled target split validated on")
-    p.add_argument("--val-interval", type=int, default=None, help="override the config's val_interval")
+    p.add_argument("--val-interval", type=int, default=None,
+                   help="validate every N iterations (default: the config's val_interval; 0: never)")
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: min(4, cpus/2))")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     return p

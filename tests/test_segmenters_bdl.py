@@ -142,7 +142,7 @@ def test_bdl_cli_with_pseudo_labels(tiny_prepared, tmp_path, arch):
     from segmenters.loader import load_segmenter
 
     pseudo = _pseudo_dir(tiny_prepared, tmp_path)
-    result = run(cli_args(tiny_prepared, tmp_path / "run", "bdl", arch, "--pseudo", str(pseudo)))
+    result = run(cli_args(tiny_prepared, tmp_path / "run", "bdl", arch, "--pseudo", str(pseudo), "--val-interval", "2"))
     assert result.end_iter == 2 and "mIoU" in result.metrics
     final = torch.load(result.final, weights_only=True)
     assert final["meta"]["uda"] == "bdl" and final["meta"]["pseudo"] == str(pseudo)

@@ -19,7 +19,7 @@ test_scale = (256, 128)
 batch_size = 2
 max_iters = 300
 poly_iters = max_iters
-val_interval = 100
+val_interval = 0                 # no validation inside training: `evaluate` scores the final model
 checkpoint_interval = 100
 log_interval = 10
 

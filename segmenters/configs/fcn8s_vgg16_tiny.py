@@ -16,7 +16,7 @@ target_scale = (256, 128)
 test_scale = (256, 128)
 batch_size = 2
 max_iters = 300
-val_interval = 100
+val_interval = 0                 # no validation inside training: `evaluate` scores the final model
 checkpoint_interval = 100
 log_interval = 10
 
