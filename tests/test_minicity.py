@@ -213,6 +213,40 @@ def test_appearance_gap(tree: Path) -> None:
     assert hf_t > 3.0 * hf_s + 1.0, (hf_t, hf_s)
 
 
+def test_appearance_gap_knob(tmp_path: Path) -> None:
+    """--appearance-gap g moves the target's colours linearly towards the source's: 1 is the
+    Cityscapes style itself, 0 the GTA5 colours; the same scenes (labels) whatever g."""
+    from domains.minicity import render as R
+
+    assert R.blend(R.GTA5, R.CITYSCAPES, 1.0) is R.CITYSCAPES
+    zero, half = R.blend(R.GTA5, R.CITYSCAPES, 0.0), R.blend(R.GTA5, R.CITYSCAPES, 0.5)
+    for label in R.CITYSCAPES.base:
+        if label in R.GTA5.base:
+            assert zero.base[label] == R.GTA5.base[label]
+            expected = [round((a + b) / 2) for a, b in zip(R.GTA5.base[label], R.CITYSCAPES.base[label])]
+            assert np.abs(np.array(half.base[label]) - expected).max() <= 1
+    assert zero.noise_sigma == R.GTA5.noise_sigma and half.blur_sigma == pytest.approx(R.CITYSCAPES.blur_sigma / 2)
+    assert all(a == 0 for amps in zero.texture.values() for a in amps)
+    with pytest.raises(ValueError, match="appearance_gap"):
+        Options(out=str(tmp_path / "x"), appearance_gap=1.5)
+    trees = {}
+    for gap in (1.0, 0.5):
+        out = tmp_path / f"gap{gap}"
+        assert cli_main(["--out", str(out), "--n-source", "1", "--n-train", "3", "--n-val", "0", "--workers", "1",
+                         "--appearance-gap", str(gap), "--no-progress"]) == 0
+        trees[gap] = out
+    import json
+    assert json.loads((trees[0.5] / MANIFEST).read_text())["options"]["appearance_gap"] == 0.5
+    labels = {g: [np.asarray(Image.open(p)) for p in _cs_label_files(t, "train")] for g, t in trees.items()}
+    assert all((a == b).all() for a, b in zip(labels[1.0], labels[0.5]))
+    ci = {g: [tree / "cityscapes" / "leftImg8bit" / "train" / p.parent.name /
+              p.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png") for p in _cs_label_files(tree, "train")]
+          for g, tree in trees.items()}
+    # half the gap: the target is more saturated than at the full gap
+    assert _chroma(ci[0.5], _cs_label_files(trees[0.5], "train"))["all"] > \
+        1.2 * _chroma(ci[1.0], _cs_label_files(trees[1.0], "train"))["all"]
+
+
 def test_atomic_replace_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "mc"
     small = dict(n_source=2, n_train=2, n_val=1)

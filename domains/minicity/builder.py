@@ -47,6 +47,7 @@ class Options:
     n_val: int = 60
     seed: int = 0
     max_render_width: int = 1024  # larger outputs are rendered at this width and upscaled
+    appearance_gap: float = 1.0  # 1: Cityscapes-style target appearance; < 1: moved towards GTA5's (render.blend)
 
     def __post_init__(self) -> None:
         for key in ("n_source", "n_train", "n_val"):
@@ -56,6 +57,8 @@ class Options:
             w, h = getattr(self, key)
             if w < 16 or h < 16:
                 raise ValueError(f"minicity option {key} must be at least 16x16, got {w}x{h}")
+        if not 0.0 <= self.appearance_gap <= 1.0:
+            raise ValueError(f"minicity option appearance_gap must lie in [0, 1], got {self.appearance_gap}")
         if self.max_render_width < 64:
             raise ValueError(f"minicity option max_render_width must be >= 64, got {self.max_render_width}")
 
@@ -124,7 +127,8 @@ def _job(args: tuple) -> tuple[str, np.ndarray]:
     split = kind
     count = opts.n_train if split == "train" else opts.n_val
     scene = S.sample_scene(_rng(opts.seed, _SCENE[split], index), S.TARGET_LAYOUT)
-    rgb, label, _ = _draw(scene, opts.cityscapes_size, opts.max_render_width, R.CITYSCAPES,
+    rgb, label, _ = _draw(scene, opts.cityscapes_size, opts.max_render_width,
+                          R.blend(R.GTA5, R.CITYSCAPES, opts.appearance_gap),
                           _rng(opts.seed, _RENDER["cityscapes"], _SCENE[split], index))
     W.write_cityscapes(root / "cityscapes", split, index, count, rgb, label)
     return split, _counts(label)

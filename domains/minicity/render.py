@@ -116,6 +116,44 @@ CITYSCAPES = Appearance(
 APPEARANCES: dict[str, Appearance] = {a.name: a for a in (GTA5, SYNTHIA, CITYSCAPES)}
 
 
+def blend(source: Appearance, target: Appearance, gap: float) -> Appearance:
+    """``target``'s appearance moved towards ``source``'s: ``gap`` 1 is ``target`` itself, 0 renders
+    with ``source``'s colours and image formation (the layouts, i.e. the class priors, still
+    differ). Colours and effect strengths are interpolated linearly; texture and foliage-hue
+    amplitudes scale with ``gap`` (the source is untextured). It sizes minicity's domain gap
+    (``python -m domains.minicity --appearance-gap``)."""
+    if not 0.0 <= gap <= 1.0:
+        raise ValueError(f"minicity appearance gap must lie in [0, 1], got {gap}")
+    if gap == 1.0:
+        return target
+
+    def mix(a: float, b: float) -> float:
+        return (1.0 - gap) * a + gap * b
+
+    def rgb(a: RGB, b: RGB) -> RGB:
+        return tuple(int(round(mix(x, y))) for x, y in zip(a, b))  # type: ignore[return-value]
+
+    def table(a: dict[int, RGB], b: dict[int, RGB]) -> dict[int, RGB]:
+        return {k: rgb(a.get(k, v), v) for k, v in b.items()}
+
+    objects = {k: tuple(rgb(source.objects.get(k, (source.base.get(k, c),))[i % len(source.objects.get(k, (c,)))], c)
+                        for i, c in enumerate(colours))
+               for k, colours in target.objects.items()}
+    return Appearance(
+        name=f"{target.name}_gap{gap:g}", base=table(source.base, target.base), objects=objects,
+        parts=table(source.parts, target.parts), sky=(rgb(source.sky[0], target.sky[0]), rgb(source.sky[1], target.sky[1])),
+        shade=mix(source.shade, target.shade), gain_jitter=mix(source.gain_jitter, target.gain_jitter),
+        class_jitter=mix(source.class_jitter, target.class_jitter),
+        object_jitter=mix(source.object_jitter, target.object_jitter), textured=target.textured,
+        texture={k: tuple(gap * a for a in amps) for k, amps in target.texture.items()},  # type: ignore[misc]
+        foliage_hue=gap * target.foliage_hue, tiles=mix(source.tiles, target.tiles),
+        haze=(mix(source.haze[0], target.haze[0]), target.haze[1]), haze_colour=rgb(source.haze_colour, target.haze_colour),
+        light_gradient=mix(source.light_gradient, target.light_gradient), vignette=mix(source.vignette, target.vignette),
+        blur_sigma=mix(source.blur_sigma, target.blur_sigma), noise_sigma=mix(source.noise_sigma, target.noise_sigma),
+        gamma=mix(source.gamma, target.gamma),
+    )
+
+
 def _lut(table: dict[int, RGB], size: int) -> np.ndarray:
     lut = np.zeros((size, 3), dtype=np.float32)
     for k, v in table.items():
