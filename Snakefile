@@ -2,6 +2,7 @@
 # source set -> segmenter (UDA) -> pseudo-labels -> next round, until target mIoU stops improving.
 # Targets: results/<pair>_<uda>_<translator>.csv, e.g.
 #   snakemake --cores 2 --profile workflow/profiles/default results/minicity_bdl_semst.csv
+# and results/<pair>_comparison.html (every row of the UDA table beside source-only and oracle).
 # Rules are thin calls of the package CLIs (python -m domains|translators|segmenters ...).
 
 # config/config.yaml of the working directory when it has one (`--directory`), else the repository's
@@ -48,4 +49,6 @@ include: "workflow/rules/proda.smk"
 include: "workflow/rules/evaluate.smk"
 # tables.smk before report.smk: it narrows {combo} so results/<pair>_<table>.csv is not a final table
 include: "workflow/rules/tables.smk"
+# method comparison page; its results/<pair>_comparison_*.csv are kept out of {combo} by table_free_combo()
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"

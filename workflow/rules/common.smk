@@ -492,12 +492,14 @@ def default_targets(wc):
 
 
 # ---------------------------------------------------------------- summary tables (tables.smk)
+from wflib import compare as wcmp  # noqa: E402
 from wflib import tables as wft  # noqa: E402
 
 
 def table_free_combo():
-    """{combo} pattern without the table names (results/<pair>_translation_table.csv is no final table)."""
-    names = ("translation_table", "translation_published", "uda_table", "uda_published")
+    """{combo} pattern without the table names (results/<pair>_translation_table.csv and
+    results/<pair>_comparison_rounds.csv are no final tables)."""
+    names = ("translation_table", "translation_published", "uda_table", "uda_published", *wcmp.COMBO_LIKE_NAMES)
     return r"(?!(?:{})(?![a-z0-9_])){}".format("|".join(names), WILDCARDS["combo"])
 
 
@@ -617,3 +619,18 @@ def published_params(wc, kind):
     p = tables_settings(wc.pair)["published"]
     return {"files": [str(f) for f in p.get(kind, [])], "task": p.get("task"), "same_dataset": bool(p.get("same_dataset")),
             "repo": str(REPO)}
+
+
+# ---------------------------------------------------------------- method comparison (compare.smk)
+def comparison_rows(pair):
+    """(uda, translator) rows of the comparison page: every row of the UDA table plus source-only and
+    oracle (the gap-closed references), which come first."""
+    combos, _ = uda_rows(pair)
+    rows = wcmp.order_rows([("source_only", "none"), ("oracle", "none"), *combos])
+    for uda, translator in rows:
+        checked(wfc.check_combination, config, pair, uda, translator)
+    return rows
+
+
+def comparison_input(wc):
+    return {"finals": [f"results/{wc.pair}_{u}_{t}.csv" for u, t in comparison_rows(wc.pair)]}
