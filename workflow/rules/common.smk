@@ -322,7 +322,7 @@ def segmenter_flags(wc, input):
     iters = seg["max_iters"] if k == 0 else (seg["round_iters"] or seg["max_iters"])
     if iters:
         flags += ["--max-iters", str(iters)]
-    if seg.get("val_interval"):
+    if seg.get("val_interval") is not None:
         flags += ["--val-interval", str(seg["val_interval"])]
     flags += ["--seed", str(seg["seed"] + k)]
     options = {**seg.get("cfg_options", {}), **uda_cfg(wc.uda).get("cfg_options", {})}
