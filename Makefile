@@ -8,11 +8,13 @@ CORES  ?= 2
 HEADLESS_CV := $(shell grep '^opencv-python-headless==' requirements.txt)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data strip lint clean-results help
+.PHONY: demo test bench install data strip lint clean-results help
+SEEDS  ?= 0 1 2
 
 help:
 	@echo "make demo    set up .venv, generate minicity, run the main pipeline job, print the table"
 	@echo "make test    set up .venv and run the test suite"
+	@echo "make bench   the minicity UDA benchmark (pair minibench) over SEEDS=\"$(SEEDS)\" into results/bench"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" CORES=$(CORES) bash workflow/scripts/demo.sh
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/minicity_uda.py --seeds $(SEEDS) --cores $(CORES) --out results/bench
 
 data: $(STAMP)
 	$(BIN)/python -m domains.minicity --out data/raw/minicity

@@ -1,0 +1,126 @@
+"""The minicity UDA benchmark: every comparison row of a pair over several seeds, one table.
+
+One command runs the workflow once per seed, each in its own working directory
+(``<out>/seed<s>``, the same data, training seeds ``s``), then aggregates the seeds with
+``workflow/scripts/compare.py`` into ``<out>/<pair>_comparison.{csv,md,png,html}`` (every row as
+mean ± std over seeds, per-class IoU, every round, the gap-closed fraction)::
+
+    python benchmarks/minicity_uda.py --seeds 0 1 2 --cores 2            # = make bench
+    python benchmarks/minicity_uda.py --seeds 0 --dry-run                 # plan only
+
+The rows and the scale come from ``config/experiments/minibench.yaml`` (pair ``minibench``,
+``config/pairs/minibench.yaml``). A seed's DAG that finished is not rerun (Snakemake sees its
+outputs), so an interrupted benchmark continues where it stopped. Wall time per seed is printed
+and written to ``<out>/<pair>_wall_time.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = REPO / "config" / "experiments" / "minibench.yaml"
+
+
+def targets(pair: str) -> list[str]:
+    """What one seed builds: the comparison page (every row's rounds) and the two summary tables."""
+    return [f"results/{pair}_comparison.html", f"results/{pair}_uda_table.csv",
+            f"results/{pair}_translation_table.csv"]
+
+
+def seed_config(pair: str, seed: int) -> dict:
+    """Config that moves a pair's training seeds (translator and segmenter) to ``seed``."""
+    return {"pairs": {pair: {"translator": {"seed": seed}, "segmenter": {"seed": seed}}}}
+
+
+def write_seed_config(pair: str, seed: int, workdir: Path) -> Path:
+    """``<workdir>/seed.yaml``: the seed override, merged last (a file keeps the integers typed)."""
+    import yaml
+
+    path = workdir / "seed.yaml"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(seed_config(pair, seed)))
+    os.replace(tmp, path)
+    return path
+
+
+def snakemake_command(pair: str, seed: int, workdir: Path, cores: int, experiment: Path,
+                      dry_run: bool = False) -> list[str]:
+    # targets first: --configfile takes several values
+    cmd = [sys.executable, "-m", "snakemake", *targets(pair), "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", str(cores),
+           "--profile", str(REPO / "workflow" / "profiles" / "default"),
+           "--configfile", str(REPO / "config" / "config.yaml"), str(experiment),
+           str(write_seed_config(pair, seed, workdir))]
+    if dry_run:
+        cmd.append("-n")
+    return cmd
+
+
+def run(cmd: list[str], log: Path | None = None) -> float:
+    """Run ``cmd`` (printed); its output goes to ``log`` (or the terminal). Seconds taken; exits on failure."""
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.time()
+    if log is None:
+        rc = subprocess.call(cmd)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as fh:
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    if rc != 0:
+        where = f"; log: {log}" if log else ""
+        raise SystemExit(f"error: command failed with exit code {rc}{where}")
+    return time.time() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/minicity_uda.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
+    p.add_argument("--pair", default="minibench", help="pair to run (default minibench)")
+    p.add_argument("--experiment", default=str(EXPERIMENT), help="experiment config merged over config/config.yaml")
+    p.add_argument("--out", default="results/bench", help="benchmark folder: seed<s>/ working dirs and the tables")
+    p.add_argument("--dry-run", action="store_true", help="plan every seed (snakemake -n), run nothing")
+    args = p.parse_args(argv)
+    experiment = Path(args.experiment)
+    if not experiment.is_file():
+        print(f"error: --experiment {experiment}: no such file", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    walls = []
+    for seed in args.seeds:
+        workdir = out / f"seed{seed}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = snakemake_command(args.pair, seed, workdir, args.cores, experiment, args.dry_run)
+        seconds = run(cmd, None if args.dry_run else workdir / "snakemake.log")
+        walls.append((seed, seconds))
+        print(f"seed {seed}: {'planned' if args.dry_run else 'ran'} in {seconds:.0f} s ({seconds / 60:.1f} min)",
+              flush=True)
+    if args.dry_run:
+        return 0
+    wall_csv = out / f"{args.pair}_wall_time.csv"
+    tmp = wall_csv.with_name(f".{wall_csv.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["seed", "wall_s"])
+        writer.writerows((s, f"{w:.0f}") for s, w in walls)
+    os.replace(tmp, wall_csv)
+    compare = [sys.executable, str(REPO / "workflow" / "scripts" / "compare.py"), "--pair", args.pair,
+               "--runs", *[str(out / f"seed{s}") for s in args.seeds], "--seeds", *map(str, args.seeds),
+               "--out", str(out)]
+    run(compare)
+    md = out / f"{args.pair}_comparison.md"
+    if md.is_file():
+        print(md.read_text())
+    print(f"benchmark: {len(args.seeds)} seed(s) in {sum(w for _, w in walls) / 60:.1f} min; tables in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
