@@ -1,6 +1,6 @@
 """The minicity benchmark scale (pair ``minibench``, ``config/experiments/minibench.yaml``):
 its configuration plans every row, and a 2-iteration run of every row completes, aggregated
-by the benchmark driver's own command over two seeds.
+by the benchmark driver's own command.
 """
 from __future__ import annotations
 
@@ -45,9 +45,10 @@ def test_seed_config_moves_both_training_seeds(tmp_path):
     assert cmd[-1] == str(tmp_path / "seed.yaml")
 
 
-def test_two_iteration_run_of_every_row_over_two_seeds(tmp_path):
-    """Every row of the benchmark runs end to end at 2 iterations (small images, one round after
-    round 0), for two seeds, and the driver writes the aggregated comparison."""
+def test_two_iteration_run_of_every_row(tmp_path):
+    """Every row of the benchmark runs end to end at 2 iterations (few images, one round after
+    round 0) through the driver, which writes the comparison and the wall time. (Aggregation over
+    several seeds is tested on hand-made results in test_workflow_compare.py.)"""
     experiment = yaml.safe_load(minicity_uda.EXPERIMENT.read_text())
     experiment["pairs"] = {"minibench": {
         "minicity": {"args": {"n_source": 6, "n_train": 4, "n_val": 3}},
@@ -57,7 +58,7 @@ def test_two_iteration_run_of_every_row_over_two_seeds(tmp_path):
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(experiment))
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "minicity_uda.py"), "--seeds", "0", "1",
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "minicity_uda.py"), "--seeds", "3",
                            "--experiment", str(small), "--out", str(out)], capture_output=True, text=True,
                           timeout=1200)
     logs = "".join((p.read_text()[-3000:] for p in out.glob("seed*/snakemake.log")))
@@ -65,11 +66,12 @@ def test_two_iteration_run_of_every_row_over_two_seeds(tmp_path):
     summary = pd.read_csv(out / "minibench_comparison.csv")
     assert set(summary["row"]) == ROWS
     rounds = pd.read_csv(out / "minibench_comparison_rounds.csv")
-    assert set(rounds["seed"]) == {0, 1}
+    assert set(rounds["seed"]) == {3}
     multi = rounds[rounds["uda"].isin(["bdl", "sepico"])]
     assert set(multi["round"]) == {0, 1}                      # every multi-round row ran its round 1
     assert set(rounds[rounds["uda"] == "proda"]["round"]) == {0, 1, 2, 3}
     wall = pd.read_csv(out / "minibench_wall_time.csv")
-    assert list(wall["seed"]) == [0, 1] and (wall["wall_s"] > 0).all()
+    assert list(wall["seed"]) == [3] and (wall["wall_s"] > 0).all()
+    assert "--seed 3" in (out / "seed3" / "snakemake.log").read_text()   # the seed reached the jobs
     assert (out / "minibench_comparison.html").stat().st_size > 0
     assert "gap closed" in proc.stdout.lower()
