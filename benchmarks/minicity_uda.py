@@ -16,8 +16,6 @@ and written to ``<out>/<pair>_wall_time.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import shlex
 import subprocess
 import sys
@@ -25,6 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # domains, when the package is not installed
+
+from domains.io import atomic_write_text  # noqa: E402
 EXPERIMENT = REPO / "config" / "experiments" / "minibench.yaml"
 
 
@@ -44,9 +45,7 @@ def write_seed_config(pair: str, seed: int, workdir: Path) -> Path:
     import yaml
 
     path = workdir / "seed.yaml"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(seed_config(pair, seed)))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(seed_config(pair, seed)))
     return path
 
 
@@ -104,13 +103,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.dry_run:
         return 0
-    wall_csv = out / f"{args.pair}_wall_time.csv"
-    tmp = wall_csv.with_name(f".{wall_csv.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["seed", "wall_s"])
-        writer.writerows((s, f"{w:.0f}") for s, w in walls)
-    os.replace(tmp, wall_csv)
+    atomic_write_text(out / f"{args.pair}_wall_time.csv",
+                      "seed,wall_s\n" + "".join(f"{s},{w:.0f}\n" for s, w in walls))
     compare = [sys.executable, str(REPO / "workflow" / "scripts" / "compare.py"), "--pair", args.pair,
                "--runs", *[str(out / f"seed{s}") for s in args.seeds], "--seeds", *map(str, args.seeds),
                "--out", str(out)]

@@ -671,15 +671,6 @@ def html_page(pair: str, seeds: Sequence[str], class_note: str, summary: pd.Data
 
 # ---------------------------------------------------------------------------------------- writing
 
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class Comparison:
     """Everything :func:`compare` computes (frames and the class set)."""
@@ -741,6 +732,8 @@ def compare(pair: str, workdirs: Sequence[str | os.PathLike], seeds: Sequence[st
 def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike], top: int = 3) -> dict[str, Path]:
     """Write the CSVs, markdown, figure and HTML page of a :func:`compare` result (each atomically) to
     ``paths`` (keys of :data:`OUTPUT_NAMES`)."""
+    from domains.io import atomic_write_text
+
     from wflib import figures
 
     paths = {k: Path(v) for k, v in paths.items()}
@@ -750,7 +743,7 @@ def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike],
     md = "\n".join(t for t in (markdown_summary(result.summary, result.pair, result.seeds, result.class_note),
                                markdown_baselines(result.deltas, result.pair),
                                markdown_per_class(result.per_class, result.class_names, result.pair)) if t)
-    write_text_atomic(md, paths["markdown"])
+    atomic_write_text(paths["markdown"], md)
     n_seeds = len(result.seeds)
     figures.comparison_plot(result.summary, paths["plot"],
                             f"{result.pair}: mIoU over {len(result.classes)} classes, "
@@ -760,7 +753,7 @@ def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike],
                 for row in heatmap_rows(result.summary, top)]
     page = html_page(result.pair, result.seeds, result.class_note, result.summary, result.per_class,
                      result.class_names, result.deltas, paths["plot"].read_bytes(), heatmaps, result.frame)
-    write_text_atomic(page, paths["html"])
+    atomic_write_text(paths["html"], page)
     return paths
 
 
@@ -770,4 +763,4 @@ __all__ = ["BASELINE_TRANSLATOR", "COMBO_LIKE_NAMES", "Comparison", "CompareErro
            "gap_closed", "gt_pixels", "heatmap_rows", "html_page", "load_run", "load_runs", "load_seed",
            "markdown_baselines", "markdown_per_class", "markdown_summary", "mean_iou", "mean_std", "order_rows",
            "output_paths", "per_class_summary", "pooled_best_confusion", "rounds_frame", "stop_reason", "summarize",
-           "write_comparison", "write_text_atomic"]
+           "write_comparison"]
