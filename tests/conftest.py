@@ -76,3 +76,72 @@ def tiny_prepared(tmp_path_factory) -> dict[str, Path]:
         "source": _write_prepared(root, "tiny_source", {"train": 8}, (64, 32), seed=1, tint=(90, 60, 40)),
         "target": _write_prepared(root, "tiny_target", {"train": 8, "val": 4}, (64, 32), seed=2, tint=(50, 70, 60)),
     }
+
+
+#: ``probe_segmenter``'s test scale (w, h): unlike the 64x32 ``tiny_prepared`` images in both
+#: directions and by non-integer ratios, so a prediction path that skips or swaps it is visible
+PROBE_TEST_SCALE = (88, 48)
+#: the scene classes of ``tiny_prepared`` (road, building, sky, car); the probe predicts only these
+PROBE_CLASSES = (0, 2, 10, 13)
+
+
+@pytest.fixture(scope="session")
+def probe_segmenter(tiny_prepared, tmp_path_factory) -> dict:
+    """An informative tiny DeepLab-V2 ``final.pth`` whose predictions are known to the tests.
+
+    Random (seeded) ResNet backbone; the DLV2Head is reduced to one linear read-out of the layer-4
+    features (the centre tap of the first dilated branch; the other branches are zero) fitted by
+    class-balanced least squares to the target ``train`` labels of :data:`PROBE_CLASSES`, times a
+    gain of 5; every other class has bias -30 and is never predicted. On the conftest scenes it is
+    right on most pixels but not all (coarse output stride 8), and its per-class confidences
+    differ: roughly median max-probability 0.92 sky, 0.88 road, 0.73 building, 0.64 car.
+    ``test_scale`` is :data:`PROBE_TEST_SCALE`.
+
+    Returns ``{"path": final.pth, "model": the same EncoderDecoder in eval mode (do not modify),
+    "test_scale": (w, h)}``; tests compute expected predictions with ``model`` directly.
+    """
+    import cv2
+
+    import segmenters  # noqa: F401  (mmcv.ops stand-in before mmseg)
+    from segmenters.checkpoint import build_segmentor, save_final
+    from segmenters.configs import load_config
+
+    cfg = load_config("deeplabv2", "tiny")
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model).eval()
+    target = tiny_prepared["target"]
+    meta = json.loads((target / "meta.json").read_text())
+    image_dir = Path(meta["splits"]["train"]["image_dir"])
+    stems = (target / "train.txt").read_text().split()
+    w, h = PROBE_TEST_SCALE
+    images = [cv2.resize(np.array(Image.open(image_dir / f"{s}.png").convert("RGB")), (w, h),
+                         interpolation=cv2.INTER_LINEAR) for s in stems]
+    pre = cfg.model.data_preprocessor
+    x = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+         - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        feats = model.extract_feat(x)[model.decode_head.in_index]
+    n, dim, fh, fw = feats.shape
+    labels = np.stack([cv2.resize(np.array(Image.open(target / "labels" / "train" / f"{s}_labelTrainIds.png")),
+                                  (fw, fh), interpolation=cv2.INTER_NEAREST) for s in stems]).ravel()
+    design = np.concatenate([feats.permute(0, 2, 3, 1).reshape(-1, dim).double().numpy(),
+                             np.ones((labels.size, 1))], axis=1)
+    keep = np.isin(labels, PROBE_CLASSES)
+    design, labels = design[keep], labels[keep]
+    onehot = (labels[:, None] == np.array(PROBE_CLASSES)[None]).astype(np.float64)
+    weight = 1.0 / onehot.sum(0)[np.searchsorted(PROBE_CLASSES, labels)]     # class-balanced
+    readout = np.linalg.solve(design.T @ (design * weight[:, None]) + 1e-4 * np.eye(dim + 1),
+                              (design * weight[:, None]).T @ onehot) * 5.0
+    with torch.no_grad():
+        for branch in model.decode_head.aspp_modules:
+            branch.conv.weight.zero_()
+            branch.conv.bias.zero_()
+        conv = model.decode_head.aspp_modules[0].conv
+        conv.bias.fill_(-30.0)
+        for j, c in enumerate(PROBE_CLASSES):
+            conv.weight[c, :, 1, 1] = torch.from_numpy(readout[:dim, j]).float()
+            conv.bias[c] = float(readout[dim, j])
+    meta = {"arch": "deeplabv2", "preset": "tiny", "num_classes": 19, "uda": "source_only", "iter": 0,
+            "test_scale": list(PROBE_TEST_SCALE), "model_cfg": cfg.model.to_dict()}
+    path = save_final(model, meta, tmp_path_factory.mktemp("probe") / "final.pth")
+    return {"path": path, "model": model, "test_scale": PROBE_TEST_SCALE}

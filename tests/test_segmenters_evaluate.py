@@ -116,3 +116,81 @@ def test_evaluate_errors(tiny_prepared, tiny_checkpoint, tmp_path):
         cli(["evaluate", "--checkpoint", str(bad), "--target", str(tiny_prepared["target"]), "--split", "val",
              "--out", str(tmp_path / "x.csv")])
     assert not (tmp_path / "x.csv").exists()
+
+
+# --------------------------------------------------------------------------- scores of a known model
+def _predictions(model, target: Path, split: str, scale_wh) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The protocol written out with the in-memory model (no segmenters.io / loader / evaluate code):
+    RGB image -> bilinear resize to ``scale_wh`` (None: no resize) -> normalise -> logits -> bilinear
+    resize of the LOGITS to the label size -> argmax. Returns stem -> (that prediction, the argmax
+    taken at the inference size and resized nearest, a wrong order the test must tell apart)."""
+    import cv2
+    import torch.nn.functional as F
+
+    meta = json.loads((target / "meta.json").read_text())
+    image_dir = Path(meta["splits"][split]["image_dir"])
+    pre = model.data_preprocessor
+    out = {}
+    for stem, label in _labels(target, split).items():
+        img = np.array(Image.open(image_dir / f"{stem}.png").convert("RGB"))
+        if scale_wh is not None:
+            img = cv2.resize(img, tuple(scale_wh), interpolation=cv2.INTER_LINEAR)
+        x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - pre.mean.view(1, 3, 1, 1)) / pre.std.view(1, 3, 1, 1)
+        with torch.no_grad():
+            logits = model.encode_decode(x, [dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:])])
+        assert logits.shape == (1, 19, *x.shape[-2:])
+        up = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
+        argmax_first = F.interpolate(logits.argmax(1, keepdim=True).float(), size=label.shape, mode="nearest")
+        out[stem] = (up.argmax(1)[0].numpy(), argmax_first[0, 0].long().numpy())
+    return out
+
+
+def _confusion(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> np.ndarray:
+    cm = np.zeros((19, 19), np.int64)
+    for stem, lab in labels.items():
+        valid = lab != 255
+        cm += np.bincount(19 * lab[valid].astype(np.int64) + preds[stem][valid], minlength=19 * 19).reshape(19, 19)
+    return cm
+
+
+def test_evaluate_scores_a_known_model_exactly(tiny_prepared, probe_segmenter, tmp_path):
+    """``segmenters evaluate`` of the probe model = a confusion matrix computed here from the model's
+    own logits at the checkpoint's test scale, resized to the label size before the argmax."""
+    target = tiny_prepared["target"]
+    model, scale = probe_segmenter["model"], probe_segmenter["test_scale"]
+    labels = _labels(target, "val")
+    both = _predictions(model, target, "val", scale)
+    expected = {s: p for s, (p, _) in both.items()}
+    cm = _confusion(expected, labels)
+
+    # the data tells the wrong protocols apart: argmax before the resize, no test-scale resize and a
+    # (h, w)-swapped test scale each give another matrix, and the score is far from 0 and 100
+    assert not np.array_equal(_confusion({s: a for s, (_, a) in both.items()}, labels), cm)
+    for wrong_scale in (None, scale[::-1]):
+        wrong = {s: p for s, (p, _) in _predictions(model, target, "val", wrong_scale).items()}
+        assert not np.array_equal(_confusion(wrong, labels), cm), wrong_scale
+    tp, gt, pred = np.diag(cm).astype(float), cm.sum(1).astype(float), cm.sum(0).astype(float)
+    union = gt + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        recall = np.where(gt > 0, tp / gt, np.nan)
+    assert 30.0 < 100 * np.nanmean(iou) < 95.0
+    assert sum(0.0 < v < 1.0 for v in iou[~np.isnan(iou)]) >= 3
+
+    out, preds = tmp_path / "r2.csv", tmp_path / "preds"
+    assert cli(["evaluate", "--checkpoint", str(probe_segmenter["path"]), "--target", str(target), "--split", "val",
+                "--out", str(out), "--round", "2", "--save-predictions", str(preds), "--batch-size", "2",
+                "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(np.load(out.with_name("r2.confusion.npy")), cm)
+    for stem, p in expected.items():
+        np.testing.assert_array_equal(np.array(Image.open(preds / f"{stem}.png")), p, err_msg=stem)
+    row = pd.read_csv(out).iloc[0]
+    for c, name in enumerate(CLASSES):
+        if np.isnan(iou[c]):
+            assert math.isnan(row[name]), name
+        else:
+            assert row[name] == pytest.approx(100 * iou[c], abs=1e-9), name
+    assert row["mIoU"] == pytest.approx(100 * np.nanmean(iou), abs=1e-9)
+    assert row["aAcc"] == pytest.approx(100 * tp.sum() / cm.sum(), abs=1e-9)
+    assert row["mAcc"] == pytest.approx(100 * np.nanmean(recall), abs=1e-9)
+    assert row["round"] == 2

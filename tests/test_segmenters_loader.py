@@ -11,26 +11,45 @@ from segmenters.configs import load_config
 from segmenters.loader import load_segmenter
 
 
-class UDAWrapper(nn.Module):
-    """Stands for a UDA model: the segmentor plus modules that must not reach final.pth."""
-
-    def __init__(self, segmentor: nn.Module) -> None:
-        super().__init__()
-        self.segmentor = segmentor
-        self.discriminator = nn.Conv2d(19, 1, 4)
-        self.teacher = nn.Linear(3, 3)
+#: modules of the real UDA models that must not reach final.pth: SePiCo keeps a whole EMA-teacher
+#: EncoderDecoder (same key names under ``ema_teacher.``), projection heads and class statistics next
+#: to the student; BDL a discriminator. ``module`` is nn.DataParallel's prefix.
+EXTRA_PREFIXES = ("discriminator", "ema_teacher", "ema_proj_head", "proj_head", "class_stats", "module")
 
 
-def make_final(tmp_path, arch: str = "deeplabv2", name: str = "final.pth", wrap: bool = True):
+def build_uda_model(uda: str, cfg) -> nn.Module:
+    """The training model of UDA method ``uda`` as ``segmenters train`` builds it."""
+    from pathlib import Path
+
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+
+    from segmenters.uda import TrainInputs, get_method
+
+    inputs = TrainInputs(source=Path("unused_source"), target=Path("unused_target"))
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return MODELS.build(get_method(uda).model(cfg, inputs))
+
+
+def make_final(tmp_path, arch: str = "deeplabv2", name: str = "final.pth", uda: str | None = "sepico",
+               data_parallel: bool = False):
+    """final.pth of a tiny ``arch`` with a non-trivial head, saved from the real training model of
+    ``uda`` (None: a plain EncoderDecoder) whose extra modules hold other weights than the student,
+    optionally inside ``nn.DataParallel`` (keys under ``module.``). Returns (the model, path)."""
     torch.manual_seed(0)
     cfg = load_config(arch, "tiny")
-    model = build_segmentor(cfg.model)
+    model = build_uda_model(uda, cfg) if uda else build_segmentor(cfg.model)
     model.init_weights()
     for p in model.decode_head.parameters():  # non-trivial head (FCN-8s scores are zero-initialised)
         nn.init.normal_(p, std=0.05)
-    meta = dict(arch=arch, preset="tiny", num_classes=19, uda="source_only", iter=5,
+    with torch.no_grad():                     # extra weights differ from the student's, as after training
+        for extra in getattr(model, "extra_modules", ()):
+            for p in getattr(model, extra).parameters():
+                p.add_(torch.randn_like(p))
+    meta = dict(arch=arch, preset="tiny", num_classes=19, uda=uda or "source_only", iter=5,
                 test_scale=cfg.test_scale, model_cfg=cfg.model)
-    path = save_final(UDAWrapper(model) if wrap else model, meta, tmp_path / name)
+    # .cpu(): with one visible GPU, DataParallel moves the module there
+    path = save_final(nn.DataParallel(model).cpu() if data_parallel else model, meta, tmp_path / name)
     return model.eval(), path
 
 
@@ -41,18 +60,21 @@ def reference_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.encode_decode(x, [dict(img_shape=images.shape[-2:])] * images.shape[0])
 
 
-@pytest.mark.parametrize("arch", ("deeplabv2", "fcn8s"))
-def test_round_trip_identical_logits(tmp_path, arch):
-    model, path = make_final(tmp_path, arch)
+@pytest.mark.parametrize("arch, uda, data_parallel", [("deeplabv2", "sepico", False), ("fcn8s", "bdl", False),
+                                                     ("fcn8s", "sepico", True)])
+def test_round_trip_identical_logits(tmp_path, arch, uda, data_parallel):
+    model, path = make_final(tmp_path, arch, uda=uda, data_parallel=data_parallel)
     assert path.is_file() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
     raw = torch.load(path, weights_only=True)  # the contract: loadable with weights_only=True
     assert set(raw) == {"meta", "state_dict"}
-    assert not any(k.startswith(("discriminator", "teacher", "segmentor")) for k in raw["state_dict"])
-    assert set(raw["state_dict"]) == set(model.state_dict())
+    assert not any(k.startswith(EXTRA_PREFIXES) for k in raw["state_dict"])
+    student = {k: v for k, v in model.state_dict().items() if not k.startswith(EXTRA_PREFIXES)}
+    assert set(raw["state_dict"]) == set(student)
+    assert all(torch.equal(raw["state_dict"][k], v) for k, v in student.items())   # the student, not the teacher
     assert raw["meta"]["model_cfg"]["type"] == "EncoderDecoder" and raw["meta"]["test_scale"] == [256, 128]
 
     seg = load_segmenter(path, expect_num_classes=19, expect_arch=arch)
-    assert seg.num_classes == 19 and seg.test_scale == (256, 128) and seg.meta["uda"] == "source_only"
+    assert seg.num_classes == 19 and seg.test_scale == (256, 128) and seg.meta["uda"] == uda
     assert seg.device == torch.device("cpu") and not seg.model.training
     assert all(not p.requires_grad for p in seg.model.parameters())
     images = torch.rand(2, 3, 64, 128) * 255
@@ -65,7 +87,7 @@ def test_round_trip_identical_logits(tmp_path, arch):
 
 
 def test_any_input_size_and_scale(tmp_path):
-    _, path = make_final(tmp_path, "fcn8s", wrap=False)
+    _, path = make_final(tmp_path, "fcn8s", uda=None)
     seg = load_segmenter(path)
     for h, w in ((37, 53), (128, 256), (17, 200)):
         with torch.no_grad():

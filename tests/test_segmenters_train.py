@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -46,8 +47,16 @@ def test_train_writes_loadable_final(tiny_prepared, tmp_path, arch, uda):
     assert result.final == tmp_path / "run" / "final.pth" and result.final.is_file()
     assert (result.start_iter, result.end_iter) == (0, 2)
     if uda == "oracle":
-        assert 0.0 <= result.metrics["mIoU"] <= 100.0  # validation on the target val split ran
         assert len([r for r in scalars(tmp_path / "run") if "mIoU" in r]) == 2
+        # the in-training validation (mmseg IoUMetric, rounded to 2 decimals) scored the model that
+        # final.pth holds: `segmenters evaluate` of final.pth on the same split gives the same numbers
+        out = tmp_path / "eval.csv"
+        assert segmenters_main(["evaluate", "--checkpoint", str(result.final), "--target",
+                                str(tiny_prepared["target"]), "--split", "val", "--out", str(out),
+                                "--device", "cpu"]) == 0
+        row = pd.read_csv(out).iloc[0]
+        for key in ("mIoU", "aAcc", "mAcc"):
+            assert result.metrics[key] == pytest.approx(row[key], abs=0.005 + 1e-9), key
     else:
         assert result.metrics == {}  # tiny preset: val_interval 0, `evaluate` scores the final model
     train_rows = [r for r in scalars(tmp_path / "run") if "loss" in r]
@@ -56,8 +65,15 @@ def test_train_writes_loadable_final(tiny_prepared, tmp_path, arch, uda):
     seg = load_segmenter(result.final)
     assert seg.meta["uda"] == uda and seg.meta["iter"] == 2 and seg.meta["arch"] == arch
     assert seg.meta["model_cfg"]["type"] == "EncoderDecoder"
+    assert seg.test_scale == (64, 32)                 # the run's --cfg-options test_scale, not the preset's
     logits = seg.predict_logits(torch.full((1, 3, 32, 64), 128.0))
     assert logits.shape == (1, 19, 32, 64)
+    # final.pth holds the weights the run ended with: every tensor equals the runner's own checkpoint
+    # of the last iteration (iter_2.pth, written by mmengine's CheckpointHook, not by save_final)
+    final_state = torch.load(result.final, weights_only=True)["state_dict"]
+    last = torch.load(tmp_path / "run" / "iter_2.pth", weights_only=False, map_location="cpu")["state_dict"]
+    assert set(final_state) == set(last)
+    assert all(torch.equal(final_state[k], last[k]) for k in final_state)
 
 
 def test_oracle_trains_on_target_labels_and_source_only_on_source(tiny_prepared, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,14 +188,99 @@ def test_rsmi_grows_with_dependence_and_has_finite_gradient():
     assert y.grad.abs().sum() > 0
 
 
-def test_rsmi_options_and_errors():
-    x, y = _manifold_pair(3)
-    assert float(rsmi(x, y, sigma_x=0.5, sigma_y=0.5, n_centres=8, lam=0.1, lam_relative=False)) == pytest.approx(
-        float(rsmi(x, y, sigma_x=0.5, sigma_y=0.5, n_centres=8, lam=0.1, lam_relative=False)))
+def _rsmi_reference(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
+                    sigma_x: float | None = None, sigma_y: float | None = None, n_centres: int | None = None,
+                    lam_relative: bool = True) -> tuple[float, float]:
+    """The estimator of translators/losses/rsmi.py's docstring written out directly in float64
+    numpy: explicit centre indices, explicit distance loops, product-of-marginals moments summed
+    over every pair p != q, a dense solve. Returns (rSMI, mean(diag H))."""
+    x, y = x.double().numpy(), y.double().numpy()
+    n_all = len(x)
+    m = min(16, n_all // 4) if n_centres is None else n_centres
+    centres = sorted({int(math.floor(i * (n_all - 1) / max(m - 1, 1) + 0.5)) for i in range(m)})
+    rest = [p for p in range(n_all) if p not in centres]
+
+    def kernel(v, sigma):
+        d = np.array([[np.linalg.norm(v[c] - v[p]) for p in rest] for c in centres])
+        assert d.size % 2 == 1  # an odd count: the median is one of the distances, no convention
+        sigma = float(np.median(d)) if sigma is None else sigma
+        return np.exp(-d ** 2 / (2 * sigma ** 2))
+    K, L = kernel(x, sigma_x), kernel(y, sigma_y)
+    n = len(rest)
+    phi = np.einsum("ap,bq->pqab", K, L).reshape(n, n, -1)  # phi(x_p, y_q), all m^2 basis functions
+    marg = phi[~np.eye(n, dtype=bool)]                       # product of marginals: every p != q
+    joint = phi[np.arange(n), np.arange(n)]                  # the paired samples
+    h = marg.mean(0)
+    H = alpha * marg.T @ marg / len(marg) + (1 - alpha) * joint.T @ joint / n
+    ridge = lam * np.mean(np.diag(H)) if lam_relative else lam
+    theta = np.linalg.solve(H + ridge * np.eye(len(h)), h)
+    return float(2 * theta @ h - theta @ H @ theta - 1), float(np.mean(np.diag(H)))
+
+
+def _rsmi_sample(n: int = 44):
+    """Dependent x (n, 6) and y (n, 3) of different scales (so the two widths are not
+    interchangeable); n = 44 gives 11 default centres and 11 x 33 (odd) centre distances."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, 2, generator=g)
+    x = torch.tanh(z @ torch.randn(2, 6, generator=g))
+    y = 3 * torch.tanh(z @ torch.randn(2, 3, generator=g)) + 0.3 * torch.randn(n, 3, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"sigma_x": 0.7}, {"sigma_y": 2.0}, {"sigma_x": 0.7, "sigma_y": 2.0}, {"n_centres": 5},
+    {"n_centres": 5, "sigma_y": 2.0}, {"lam": 0.3}, {"lam": 0.05, "lam_relative": False},
+    {"lam": 0.001, "lam_relative": False}, {"alpha": 0.0}, {"alpha": 0.9}], ids=str)
+def test_rsmi_options_match_the_written_out_estimator(options):
+    """Every option of rsmi() does what its docstring says: the value equals the estimator
+    computed from the definition with that option, and differs from the default call (so an
+    ignored or mixed-up option cannot pass)."""
+    x, y = _rsmi_sample()
+    want, _ = _rsmi_reference(x, y, **options)
+    got = float(rsmi(x, y, **options))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    if options:
+        default, _ = _rsmi_reference(x, y)
+        assert abs(want - default) > 1e-3
+
+
+def test_rsmi_option_properties_and_errors():
+    x, y = _rsmi_sample()
+    # the default widths are the medians of the centre-to-sample distances (11 centres by default)
+    centres = [round(i * 43 / 10) for i in range(11)]
+    rest = [p for p in range(44) if p not in centres]
+    med = [float(torch.cdist(v[centres].double(), v[rest].double()).median()) for v in (x, y)]
+    assert float(rsmi(x, y)) == pytest.approx(float(rsmi(x, y, sigma_x=med[0], sigma_y=med[1])), abs=1e-6)
+    assert float(rsmi(x, y)) == float(rsmi(x, y, n_centres=11))            # min(16, N // 4)
+    xb, yb = _rsmi_sample(100)
+    assert float(rsmi(xb, yb)) == float(rsmi(xb, yb, n_centres=16))        # capped at 16
+    # each width acts on its own variable: scaling y and sigma_y together changes nothing, and
+    # the median heuristic makes the estimate scale-free
+    base = float(rsmi(x, y, sigma_x=0.7, sigma_y=2.0))
+    assert float(rsmi(x, 5 * y, sigma_x=0.7, sigma_y=10.0)) == pytest.approx(base, rel=1e-4)
+    assert float(rsmi(4 * x, y, sigma_x=2.8, sigma_y=2.0)) == pytest.approx(base, rel=1e-4)
+    assert float(rsmi(x, 5 * y, sigma_x=0.7, sigma_y=2.0)) != pytest.approx(base, rel=1e-2)
+    assert float(rsmi(4 * x, 5 * y)) == pytest.approx(float(rsmi(x, y)), rel=1e-4)
+    # lam_relative: the ridge is lam * mean(diag H), i.e. the absolute ridge of that size
+    _, mean_diag = _rsmi_reference(x, y)
+    assert float(rsmi(x, y, lam=0.05)) == pytest.approx(
+        float(rsmi(x, y, lam=0.05 * mean_diag, lam_relative=False)), rel=1e-4)
+    # with theta = (H + r I)^-1 h, 2 theta.h - theta.H.theta = sum_i h_i^2 (l_i + 2r) / (l_i + r)^2
+    # over H's eigenpairs: strictly decreasing in the ridge r, and -> -1 (theta -> 0) as r grows
+    values = [float(rsmi(x, y, lam=lam, lam_relative=False)) for lam in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e3, 1e6)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[-1] == pytest.approx(-1.0, abs=1e-3) and values[0] > 0.3
     with pytest.raises(ValueError, match="paired"):
         rsmi(x, y[:-1])
-    with pytest.raises(ValueError, match="alpha"):
-        rsmi(x, y, alpha=1.0)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="alpha"):
+            rsmi(x, y, alpha=bad)
+    with pytest.raises(ValueError, match="lam must be positive"):
+        rsmi(x, y, lam=0.0)
+    for bad in (0, 42):  # m must be in [1, N - 3]
+        with pytest.raises(ValueError, match="n_centres"):
+            rsmi(x, y, n_centres=bad)
+    assert math.isfinite(float(rsmi(x, y, n_centres=41)))
 
 
 def test_ts_loss_is_minus_mean_rsmi_over_layers_and_images():

@@ -10,7 +10,7 @@ from torch import nn
 
 from translators.config import ConfigError, TranslatorConfig, load_config
 from translators.data import CropSpec, crop_image, resize
-from translators.feedback import SemanticFeedback, semantic_consistency_loss
+from translators.feedback import semantic_consistency_loss
 from translators.methods import NonFiniteLossError, build_method, tiled_apply
 from translators.methods.base import pad_to_multiple, tile_starts
 from translators.methods.semst import sample_window, window_grid
@@ -162,31 +162,73 @@ def test_pad_to_multiple_restores_size():
 
 
 # ----------------------------------------------------------------------------- feedback
-class _TinySegmenter(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+@pytest.fixture(scope="module")
+def feedback_segmenter(tmp_path_factory):
+    """A real tiny FCN-8s (MMSeg EncoderDecoder) with random weights, written with
+    segmenters.checkpoint.save_final: (path of final.pth, the in-memory model)."""
+    from segmenters.checkpoint import build_segmentor, save_final
+    from segmenters.configs import load_config as load_segmenter_config
 
-    def predict_logits(self, images):  # float RGB in [0, 255], like segmenters.loader
-        return self.net(images / 255.0 - 0.5)
-
-
-def test_feedback_loss_zero_positive_and_gradient_reaches_g_only():
     torch.manual_seed(0)
-    seg = _TinySegmenter()
-    fb = SemanticFeedback(seg.predict_logits, seg, weight=0.1)
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    cfg = load_segmenter_config("fcn8s", "tiny")
+    model = build_segmentor(cfg.model)
+    model.init_weights()
+    for p in model.decode_head.parameters():  # FCN-8s scores are zero-initialised: make them informative
+        nn.init.normal_(p, std=0.05)
+    model.eval()
+    meta = dict(arch="fcn8s", preset="tiny", num_classes=19, uda="source_only", iter=1,
+                test_scale=cfg.test_scale, model_cfg=cfg.model)
+    return save_final(model, meta, tmp_path_factory.mktemp("feedback") / "final.pth"), model
+
+
+def _hand_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the in-memory segmenter for translator images x in [-1, 1]: to RGB [0, 255],
+    ImageNet mean/std (RGB order), backbone, FCN-8s head, bilinear back to the input size."""
+    rgb = (x + 1.0) * 127.5
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    logits = model.decode_head(model.extract_feat((rgb - mean) / std))
+    return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _hand_instance_norm(t: torch.Tensor) -> torch.Tensor:
+    mu = t.mean(dim=(2, 3), keepdim=True)
+    var = t.var(dim=(2, 3), unbiased=False, keepdim=True)
+    return (t - mu) / torch.sqrt(var + 1e-5)
+
+
+def test_feedback_loss_equals_hand_computation_with_a_real_segmenter(feedback_segmenter):
+    """``load_feedback`` on a real final.pth: weight * MSE of the instance-normalised logit maps of
+    the frozen segmenter on G(x) and x, with the gradient reaching G through f(G(x)) only."""
+    from translators.feedback import load_feedback
+
+    path, model = feedback_segmenter
+    fb = load_feedback(path, 0.1, "cpu")
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1  # fc7 2x2: train-mode dropout is not a shift IN removes
     assert fb(x, x.clone()).item() == pytest.approx(0.0, abs=1e-10)
     g = nn.Conv2d(3, 3, 3, padding=1)
-    loss = fb(x, torch.tanh(g(x)))
-    assert loss.item() > 0
-    loss.backward()
-    assert g.weight.grad is not None and g.weight.grad.abs().sum() > 0
-    assert all(p.grad is None and not p.requires_grad for p in seg.parameters())
-    assert not seg.training
+    y = torch.tanh(g(x))
+    loss = fb(x, y)
+    with torch.no_grad():
+        logits_in = _hand_logits(model, x)
+    logits_out = _hand_logits(model, y)
+    assert logits_out.shape == (2, 19, 64, 64) and logits_out.std() > 0.05
+    hand = 0.1 * ((_hand_instance_norm(logits_out) - _hand_instance_norm(logits_in)) ** 2).mean()
+    assert hand.item() > 1e-3
+    assert loss.item() == pytest.approx(hand.item(), rel=1e-4)
+    assert fb(x, y).item() * 5 == pytest.approx(load_feedback(path, 0.5, "cpu")(x, y).item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(loss, g.weight, retain_graph=True)
+    (grad_hand,) = torch.autograd.grad(hand, g.weight)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, grad_hand, rtol=1e-3, atol=1e-7)
+    assert all(p.grad is None and not p.requires_grad for p in fb.model.parameters())
+    assert not fb.model.training
+    assert not fb(x.clone().requires_grad_(True), y.detach()).requires_grad  # f(x) has no graph
     a, b = torch.randn(1, 5, 4, 4), torch.randn(1, 5, 4, 4)
     assert semantic_consistency_loss(a, a * 3 + 1).item() == pytest.approx(0.0, abs=1e-6)  # IN-invariant
-    assert semantic_consistency_loss(a, b).item() > 0
+    assert semantic_consistency_loss(a, b).item() == pytest.approx(
+        ((_hand_instance_norm(a) - _hand_instance_norm(b)) ** 2).mean().item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- train step

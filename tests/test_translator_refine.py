@@ -1,4 +1,5 @@
-"""`python -m translators refine`: every image once, atomically, resumable, bounded memory."""
+"""`python -m translators refine`: the checkpoint's own translation, every image once, atomically, resumable,
+bounded memory."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from domains.prepared import PreparedDataset
@@ -13,6 +15,7 @@ from translators.__main__ import main
 from translators.checkpoint import sha256
 from translators.config import load_config
 from translators.data import DataError
+from translators.methods import build_method
 from translators.networks import ResnetGenerator
 from translators.refine import refine
 from translators.train import train
@@ -130,3 +133,70 @@ def test_refine_bad_inputs(tiny_prepared, checkpoints, tmp_path, caplog):
     assert main(["refine", "--checkpoint", str(checkpoints["cut"]), "--source", str(empty),
                  "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
     assert "empty" in caplog.text
+
+
+# ----------------------------------------------------------------------------- pixels
+def _perturbed_checkpoint(method_name: str, path: Path) -> tuple[Path, dict]:
+    """A final.pt (the layout documented in translators/checkpoint.py) whose weights are a seeded
+    fresh initialisation plus large noise, so they differ from any fresh initialisation."""
+    cfg = load_config(CONFIGS / f"{method_name}_tiny.yaml", TINY)
+    torch.manual_seed(0)
+    fresh = build_method(cfg).state_dict()
+    gen = torch.Generator().manual_seed(1)
+    models = {}
+    for k, v in fresh.items():
+        if v.is_floating_point():
+            scale = max(float(v.std()) if v.numel() > 1 else 0.0, 0.05)
+            v = v + 0.5 * scale * torch.randn(v.shape, generator=gen)
+        models[k] = v.clone()
+    ckpt = {"format": 1, "method": cfg.method, "arch": cfg.arch(), "config": cfg.to_dict(), "step": 1,
+            "finished": True, "models": models}
+    torch.save(ckpt, path)
+    return path, fresh
+
+
+def _translate_by_hand(method_name: str, state: dict, img: np.ndarray, tile: int, overlap: float,
+                       batch_size: int) -> np.ndarray:
+    """The method's own full-image translation of ``img`` with the given weights; the image I/O
+    (uint8 RGB <-> [-1, 1] CHW) written out here rather than taken from translators.data."""
+    cfg = load_config(CONFIGS / f"{method_name}_tiny.yaml", TINY)
+    method = build_method(cfg)
+    method.load_state_dict(state)
+    method.eval()
+    x = torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        y = method.translate_full(x, tile=tile, overlap=overlap, batch_size=batch_size, blend=cfg.refine.blend)
+    y = y[0].permute(1, 2, 0).numpy().astype(np.float64)
+    return np.clip(np.rint((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method_name", ["semst", "cut"])
+def test_refine_pixels_equal_the_checkpoint_translation(method_name, tmp_path):
+    """The refined PNG is the loaded checkpoint's ``translate_full`` of the source image (to 8-bit
+    rounding), not that of a freshly initialised translator, and the channels keep their order."""
+    ckpt, fresh = _perturbed_checkpoint(method_name, tmp_path / "final.pt")
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:70]
+    img = np.stack([4 * xx, 6 * yy, np.full_like(xx, 40)], -1) + rng.integers(0, 60, (40, 70, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)  # red and green ramps, flat blue: channel order matters
+    Image.fromarray(img).save(src / "scene.png")
+    rc = main(["refine", "--checkpoint", str(ckpt), "--source", str(src), "--out", str(tmp_path / "out"),
+               "--tile", "32", "--tile-overlap", "0.25", "--batch-size", "2", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    with Image.open(tmp_path / "out" / "scene.png") as im:
+        assert im.mode == "RGB"
+        refined = np.asarray(im).astype(int)
+
+    trained = torch.load(ckpt, weights_only=True)["models"]
+    want = _translate_by_hand(method_name, trained, img, 32, 0.25, 2).astype(int)
+    assert refined.shape == want.shape == (40, 70, 3)
+    assert np.abs(refined - want).max() <= 1
+    # the check has teeth: fresh weights (the very initialisation the checkpoint was perturbed
+    # from), the input's channels swapped, or the output left un-normalised all land far away
+    untrained = _translate_by_hand(method_name, fresh, img, 32, 0.25, 2).astype(int)
+    assert np.abs(untrained - want).mean() > 10 and np.abs(untrained - want).max() > 50
+    swapped = _translate_by_hand(method_name, trained, img[..., ::-1].copy(), 32, 0.25, 2).astype(int)
+    assert np.abs(swapped - want).mean() > 5
+    assert np.abs(want[..., ::-1] - want).mean() > 5

@@ -53,7 +53,28 @@ def test_each_stage_writes_a_loadable_final_pth(chain):
         assert probs.shape == (1, 19, 32, 64) and torch.allclose(probs.sum(1), torch.ones(1, 32, 64), atol=1e-4)
 
 
+def _softmax_at_test_scale(checkpoint, image) -> torch.Tensor:
+    """(1, C, h, w) softmax of a final.pth's EncoderDecoder (rebuilt from its meta, not via the loader)
+    on an RGB image resized bilinearly to the checkpoint's test_scale."""
+    import cv2
+    from PIL import Image
+
+    from segmenters.checkpoint import build_segmentor
+
+    final = torch.load(checkpoint, weights_only=True)
+    model = build_segmentor(final["meta"]["model_cfg"]).eval()
+    model.load_state_dict(final["state_dict"])
+    img = cv2.resize(np.array(Image.open(image).convert("RGB")), tuple(final["meta"]["test_scale"]),
+                     interpolation=cv2.INTER_LINEAR)
+    pre = model.data_preprocessor
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - pre.mean.view(1, 3, 1, 1)) / pre.std.view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.encode_decode(x, [dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:])]).softmax(dim=1)
+
+
 def test_prototypes_cli_writes_h5_with_the_right_shapes(chain, tiny_prepared):
+    from domains.prepared import PreparedDataset
+
     folder = chain["p0"]
     meta = json.loads((folder / "meta.json").read_text())
     stems = [p.stem for p in sorted(folder.glob("*.png"))]
@@ -63,11 +84,15 @@ def test_prototypes_cli_writes_h5_with_the_right_shapes(chain, tiny_prepared):
     assert protos.shape == (19, 128) == (meta["num_classes"], meta["feat_dim"])
     assert counts.shape == (19,) and counts.sum() > 0
     assert torch.all(protos[counts == 0] == 0)  # a class never predicted keeps a zero prototype
+    images = {s.stem: s.image for s in PreparedDataset.load(tiny_prepared["target"]).samples("train")}
     with h5py.File(folder / "confidences.h5", "r") as h5:
         for stem in stems:
             soft = h5[f"soft/{stem}"][()]
             assert soft.dtype == np.float16 and soft.shape == (19, 8, 16)  # 0.25 x the native 32x64
-            np.testing.assert_allclose(soft.astype(np.float32).sum(0), 1.0, atol=1e-2)
+            # = the warm-up model's own softmax, resized bilinearly to the soft size (float16 storage)
+            probs = _softmax_at_test_scale(chain["r0"], images[stem])
+            expected = torch.nn.functional.interpolate(probs, size=(8, 16), mode="bilinear", align_corners=False)[0]
+            np.testing.assert_allclose(soft.astype(np.float32), expected.numpy(), rtol=0, atol=2.0 ** -12 + 1e-5)
             assert h5[f"maxprob/{stem}"].shape == (32, 64)
     assert not list(folder.parent.glob(f".{folder.name}.tmp-*"))  # atomic: no temporary folder left
 

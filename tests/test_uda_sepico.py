@@ -122,15 +122,17 @@ def test_contrast_reaches_projection_head(tiny_prepared):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.proj_head.parameters()))
 
 
-def test_cli_run_resume_and_final_export(tiny_prepared, tmp_path, monkeypatch):
-    """``python -m segmenters train --uda sepico`` (registered here for the test): Runner checkpoints
-    keep teacher / projection heads / class statistics and a resume restores them; final.pth holds
-    only the EncoderDecoder and loads with the segmenter loader."""
+def test_cli_run_resume_and_final_export(tiny_prepared, tmp_path):
+    """``python -m segmenters train --uda sepico`` (the method the package import registers): Runner
+    checkpoints keep teacher / projection heads / class statistics and a resume restores them;
+    final.pth holds only the EncoderDecoder and loads with the segmenter loader."""
     from segmenters import uda as uda_pkg
     from segmenters.loader import load_segmenter
     from test_segmenters_train import cli_args, run, scalars
 
-    monkeypatch.setitem(uda_pkg.METHODS, "sepico", SePiCo())
+    # registered by `import segmenters.uda` itself (a de-registration must fail here, not be patched over)
+    assert isinstance(uda_pkg.METHODS.get("sepico"), SePiCo)
+    assert isinstance(uda_pkg.get_method("sepico"), SePiCo)
     small = ("uda.sepico.start_distribution_iter=2", "uda.sepico.proj_dim=16")
     work = tmp_path / "run"
     first = run(cli_args(tiny_prepared, work, "sepico", "deeplabv2", max_iters=2,

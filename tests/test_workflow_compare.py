@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "lib"))
+sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts its mutated wflib first
 
 from wflib import compare as wc  # noqa: E402
 from wflib.table import final_table  # noqa: E402

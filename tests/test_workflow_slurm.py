@@ -2,7 +2,8 @@
 
 tests/slurm/start.sh installs Debian's slurmctld/slurmd/slurm-client/munge when missing and
 starts the daemons (no systemd; fake GPU GRES; CPUs = this node's); stop.sh stops them by PID.
-The test is SKIPPED, with start.sh's reason, when SLURM cannot be installed or started here.
+The test is SKIPPED, with start.sh's reason, only when SLURM cannot be installed here (no apt-get,
+not root, no registry, a foreign SLURM); installed daemons that do not start FAIL it.
 Known traps handled: no slurmdbd -> the profile queries squeue; snakemake is stopped with SIGINT
 (it then scancels its jobs); threads are capped at the node's CPUs (--max-threads).
 """
