@@ -8,13 +8,14 @@ CORES  ?= 2
 HEADLESS_CV := $(shell grep '^opencv-python-headless==' requirements.txt)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install data strip lint clean-results help
+.PHONY: demo test bench mutation install data strip lint clean-results help
 SEEDS  ?= 0 1 2
 
 help:
 	@echo "make demo    set up .venv, generate minicity, run the main pipeline job, print the table"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make bench   the minicity UDA benchmark (pair minibench) over SEEDS=\"$(SEEDS)\" into results/bench"
+	@echo "make mutation  mutation score of the modules in tests/mutation/modules.yaml (GROUPS=\"...\" for some)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/minicity_uda.py --seeds $(SEEDS) --cores $(CORES) --out results/bench
+
+# Outside `make test` (it takes much longer): installs mutmut into .venv on first use.
+MUTMUT := mutmut==3.8.1
+GROUPS ?=
+mutation: $(STAMP)
+	$(BIN)/python -c "import importlib.metadata as m; assert m.version('mutmut') == '$(MUTMUT:mutmut==%=%)'" 2>/dev/null \
+	  || $(BIN)/pip install "$(MUTMUT)"
+	$(BIN)/python tests/mutation/run.py --workers $(CORES) $(if $(GROUPS),--only $(GROUPS))
 
 data: $(STAMP)
 	$(BIN)/python -m domains.minicity --out data/raw/minicity

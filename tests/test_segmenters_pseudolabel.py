@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -326,3 +327,340 @@ def test_pseudolabel_failure_leaves_nothing(tiny_prepared, tiny_checkpoint, tmp_
         cli(["pseudolabel", "--checkpoint", str(tiny_checkpoint), "--target", str(target), "--split", "train",
              "--out", str(tmp_path / "pseudo")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+# --------------------------------------------------------------------------- hand-made histograms
+def test_histogram_quantiles_interpolate_inside_the_bin():
+    """Values are taken as spread evenly inside their bin: the q-quantile is the bin's lower edge plus
+    the share of the bin's count needed to reach q * n (4 bins of width 0.25 here)."""
+    # 4 values in bin 0 = [0, 0.25): the median is the middle of that bin (no bin before it)
+    assert histogram_quantiles(np.array([[4, 0, 0, 0]]), 0.5)[0] == pytest.approx(0.125)
+    # 2 values in bin 0, 2 in bin 1: the 75% point is half-way through bin 1 -> 0.25 + 0.5 * 0.25
+    assert histogram_quantiles(np.array([[2, 2, 0, 0]]), 0.75)[0] == pytest.approx(0.375)
+    # the default quantile is the median: 2 + 2 values in bins 1 and 2 -> the boundary between them
+    np.testing.assert_allclose(histogram_quantiles(np.array([[0, 2, 2, 0], [0, 0, 0, 0]])), [0.5, 0.0])
+    with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\], got 1.5"):
+        histogram_quantiles(np.array([[2, 2, 0, 0]]), 1.5)
+
+
+def test_class_thresholds_defaults_and_percentile():
+    hist = np.array([[2, 2, 0, 0], [0, 0, 0, 4], [0, 0, 0, 0]])
+    # fixed rule: 0.9 for every class unless told otherwise
+    np.testing.assert_array_equal(class_thresholds(hist, "fixed"), [0.9, 0.9, 0.9])
+    # bdl at the 75th percentile: class 0 as above (0.375); class 1 (all in bin 3) 0.9375, capped at 0.9
+    np.testing.assert_allclose(class_thresholds(hist, "bdl", percentile=75.0), [0.375, 0.9, 0.0])
+    np.testing.assert_allclose(class_thresholds(hist, "bdl", percentile=75.0, cap=0.95), [0.375, 0.9375, 0.0])
+
+
+def test_apply_thresholds_at_equal_confidences():
+    """A confidence equal to its class threshold is kept; the comparison runs in float32, so a
+    float32 confidence 0.9 meets the threshold 0.9 (a float64 decimal), and float64 confidences give
+    the same labels as their float32 values."""
+    pred = np.array([0, 0, 1, 1, 1])
+    thr = np.array([0.625, 0.9])
+    f32_09 = float(np.float32(0.9))                   # 0.89999997..., below the float64 0.9
+    conf = np.array([0.625, float(np.nextafter(np.float16(0.625), np.float16(0))), f32_09,
+                     f32_09 - 1e-9, 0.89], np.float64)   # f32_09 - 1e-9 rounds to f32_09 in float32
+    expected = [0, 255, 1, 1, 255]
+    for dtype in (np.float64, np.float32):
+        label = apply_thresholds(pred, conf.astype(dtype), thr)
+        assert label.dtype == np.uint8
+        np.testing.assert_array_equal(label, expected, err_msg=str(dtype))
+    label16 = apply_thresholds(pred[:2], conf[:2].astype(np.float16), thr)
+    np.testing.assert_array_equal(label16, [0, 255])
+
+
+# --------------------------------------------------------------------------- generate() on a known model
+class _CodedSegmenter:
+    """Stand-in for a loaded segmenter whose softmax is written in the image: a pixel (R, G, B)
+    predicts class R with probability G / 256 and the other classes share the rest equally; its
+    ``test_scale`` is the images' own size, so the maps are not resized."""
+
+    device = "cpu"
+
+    def __init__(self, num_classes: int, size_wh: tuple[int, int], meta: dict | None = None):
+        self.num_classes, self.test_scale, self.meta = num_classes, size_wh, meta or {}
+
+    def predict_logits(self, images):
+        import torch
+
+        cls = images[:, 0].long()
+        p = images[:, 1] / 256.0
+        probs = ((1.0 - p) / (self.num_classes - 1))[:, None].repeat(1, self.num_classes, 1, 1)
+        probs.scatter_(1, cls[:, None], p[:, None])
+        return torch.log(probs)
+
+
+def _coded_samples(folder: Path, images: dict[str, list[list[tuple[int, int]]]]):
+    """Write each image (rows of (class, 256 * probability) pixels) as an RGB PNG; their Samples."""
+    from PIL import Image
+
+    from domains.prepared import Sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for stem, rows in images.items():
+        rgb = np.array([[(c, g, 0) for c, g in row] for row in rows], np.uint8)
+        Image.fromarray(rgb).save(folder / f"{stem}.png")
+        samples.append(Sample(stem, folder / f"{stem}.png", None))
+    return samples
+
+
+#: two 1x5 images, 3 classes. Class 0: confidences 0.5 (4x), 0.625 (3x), 0.75 (2x); class 1: one pixel
+#: at 0.96875 (= 248 / 256); class 2 never predicted. All values are exact in float16.
+CODED = {"a": [[(0, 128), (0, 160), (0, 192), (1, 248), (0, 128)]],
+         "b": [[(0, 160), (0, 128), (0, 192), (0, 160), (0, 128)]]}
+CODED_CONF = {"a": [0.5, 0.625, 0.75, 0.96875, 0.5], "b": [0.625, 0.5, 0.75, 0.625, 0.5]}
+CODED_PRED = {"a": [0, 0, 0, 1, 0], "b": [0, 0, 0, 0, 0]}
+
+
+@pytest.fixture
+def loader_calls(monkeypatch):
+    """Records the effective batch_size and workers of every inference loop pseudolabel starts."""
+    import inspect
+
+    import segmenters.pseudolabel as pl
+
+    real, calls = pl.batched_probabilities, []
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append((bound.arguments["batch_size"], bound.arguments["workers"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "batched_probabilities", spy)
+    return calls
+
+
+def _layout(h5) -> dict[str, str]:
+    """confidences.h5's ``layout`` attribute as {dataset pattern: "dtype (axes)"}."""
+    return dict(entry.split(": ", 1) for entry in h5.attrs["layout"].split("; "))
+
+
+def _labels(out: Path, stems) -> dict[str, list[int]]:
+    """The (1, 5) uint8 pseudo-label PNGs of ``stems`` as lists."""
+    from PIL import Image
+
+    labels = {s: np.array(Image.open(out / f"{s}.png")) for s in stems}
+    assert all(lab.dtype == np.uint8 and lab.shape == (1, 5) for lab in labels.values())
+    return {s: lab[0].tolist() for s, lab in labels.items()}
+
+
+def _labels_any(path: Path) -> list:
+    from PIL import Image
+
+    lab = np.array(Image.open(path))
+    assert lab.dtype == np.uint8
+    return lab.tolist()
+
+
+def test_generate_defaults_follow_bdl(tmp_path, loader_calls):
+    """generate() with its defaults: BDL's rule (median, cap 0.9) on 10,000 bins, thresholds and kept
+    pixels worked out by hand, and the documented meta.json / confidences.h5 contents."""
+    import h5py
+
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", CODED)
+    out = tmp_path / "pseudo"
+    meta = generate(_CodedSegmenter(3, (5, 1)), samples, out)
+    assert loader_calls == [(1, 0)]                     # one image at a time, decoded in-process
+    assert json.loads((out / "meta.json").read_text()) == meta
+    # class 0: 9 values, median rank 4.5; bins 5000 (0.5: 4), 6250 (0.625: 3), 7500 (0.75: 2) ->
+    # bin 6250 plus 0.5 of its 3 values -> (6250 + 1/6) / 10000 = 0.62501667 (meta: 6 decimals).
+    # class 1: its one value 0.96875 -> 0.96875 (mid-bin 9687.5), capped at 0.9. class 2: 0.
+    assert meta["thresholds"] == {"class_0": 0.625017, "class_1": 0.9, "class_2": 0.0}
+    assert {k: meta[k] for k in ("rule", "percentile", "cap", "threshold", "histogram_bins", "threshold_resolution",
+                                 "confidence_dtype", "soft_scale", "num_images", "ignore_index")} == {
+        "rule": "bdl", "percentile": 50.0, "cap": 0.9, "threshold": None, "histogram_bins": 10_000,
+        "threshold_resolution": 1e-4, "confidence_dtype": "float16", "soft_scale": None, "num_images": 2,
+        "ignore_index": 255}
+    # kept: class 0 only its 0.75 pixels (2 of 9), class 1 its pixel (0.96875 >= 0.9)
+    assert _labels(out, "ab") == {"a": [255, 255, 0, 1, 255], "b": [255, 255, 0, 255, 255]}
+    assert meta["pixels_predicted"] == {"class_0": 9, "class_1": 1, "class_2": 0}
+    assert meta["pixels_kept"] == {"class_0": 2, "class_1": 1, "class_2": 0}
+    assert all(type(v) is int for k in ("pixels_predicted", "pixels_kept") for v in meta[k].values())
+    assert meta["fraction_kept"] == {"class_0": 0.222222, "class_1": 1.0, "class_2": None}   # 2/9; never predicted
+    assert meta["fraction_kept_total"] == pytest.approx(0.3)
+    with h5py.File(out / "confidences.h5", "r") as h5:
+        assert h5.attrs["num_classes"] == 3 and h5.attrs["soft_scale"] == 0.0 and "soft" not in h5
+        assert "maxprob/<stem>" in _layout(h5)
+        for s in "ab":
+            assert h5[f"maxprob/{s}"].dtype == np.float16
+            np.testing.assert_array_equal(h5[f"maxprob/{s}"][()], [CODED_CONF[s]])
+
+
+def test_generate_fixed_rule_batches_workers_and_small_soft_maps(tmp_path, loader_calls):
+    """--rule fixed keeps confidences equal to the threshold; batch_size / workers reach the loop;
+    a soft scale that rounds a side to 0 still stores one pixel per side."""
+    import h5py
+
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", CODED)
+    out = tmp_path / "pseudo"
+    meta = generate(_CodedSegmenter(3, (5, 1)), samples, out, rule="fixed", threshold=0.625, soft_scale=0.1,
+                    batch_size=2, workers=1)
+    assert loader_calls == [(2, 1)]
+    assert (meta["rule"], meta["threshold"], meta["percentile"], meta["cap"], meta["soft_scale"]) == (
+        "fixed", 0.625, None, None, 0.1)
+    assert meta["thresholds"] == {"class_0": 0.625, "class_1": 0.625, "class_2": 0.625}
+    expected = {s: [c if conf >= 0.625 else 255 for c, conf in zip(CODED_PRED[s], CODED_CONF[s])] for s in "ab"}
+    assert expected == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
+    assert _labels(out, "ab") == expected
+    assert meta["pixels_kept"] == {"class_0": 5, "class_1": 1, "class_2": 0}
+    assert meta["fraction_kept"] == {"class_0": 0.555556, "class_1": 1.0, "class_2": None}   # 5/9
+    with h5py.File(out / "confidences.h5", "r") as h5:
+        assert h5.attrs["soft_scale"] == pytest.approx(0.1)
+        # the file describes itself: native-size maxprob maps, soft maps at the reduced size
+        layout = _layout(h5)
+        assert layout["maxprob/<stem>"] == "float16 (H, W)" and layout["soft/<stem>"].startswith("float16 (C, h, w)")
+        for s in "ab":
+            np.testing.assert_array_equal(h5[f"maxprob/{s}"][()], [CODED_CONF[s]])
+            soft = h5[f"soft/{s}"][()]
+            # (1, 5) * 0.1 rounds to (0, 0) -> (1, 1): the centre pixel (class 0 at 0.75) of the row
+            assert soft.dtype == np.float16 and soft.shape == (3, 1, 1)
+            np.testing.assert_allclose(soft[:, 0, 0], [0.75, 0.125, 0.125], atol=1e-3)
+
+
+def test_generate_single_pixel_split_at_full_soft_scale(tmp_path):
+    """Edge case: a one-pixel image, --soft-scale 1.0 (allowed) and the fixed rule's default threshold."""
+    import h5py
+
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", {"one": [[(0, 248)]]})
+    meta = generate(_CodedSegmenter(3, (1, 1)), samples, tmp_path / "pseudo", rule="fixed", soft_scale=1.0)
+    assert meta["threshold"] == 0.9 and set(meta["thresholds"].values()) == {0.9}
+    assert meta["pixels_kept"]["class_0"] == 1 and meta["fraction_kept_total"] == 1.0    # 0.96875 >= 0.9
+    with h5py.File(tmp_path / "pseudo" / "confidences.h5", "r") as h5:
+        assert h5.attrs["soft_scale"] == 1.0
+        np.testing.assert_allclose(h5["soft/one"][()], [[[0.96875]], [[0.015625]], [[0.015625]]], atol=1e-4)
+
+
+def test_generate_class_count_limits(tmp_path):
+    """255 classes fit uint8 PNGs next to the ignore value 255; 256 do not. Two bins are enough."""
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", {"x": [[(254, 200)]]})
+    meta = generate(_CodedSegmenter(255, (1, 1)), samples, tmp_path / "p255", bins=2)
+    # confidence 0.78125 in bin 1 of 2: threshold = its middle, 0.75 -> kept as class 254
+    assert list(meta["thresholds"]) == [f"class_{c}" for c in range(255)]
+    assert meta["thresholds"]["class_254"] == 0.75 and meta["threshold_resolution"] == 0.5
+    assert _labels_any(tmp_path / "p255" / "x.png") == [[254]]
+    with pytest.raises(ValueError, match="256 classes do not fit uint8"):
+        generate(_CodedSegmenter(256, (1, 1)), samples, tmp_path / "p256", bins=2)
+    assert not (tmp_path / "p256").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"rule": "median"}, "unknown pseudo-label rule 'median'"),
+    ({"bins": 1}, "--bins must be >= 2, got 1"),
+    ({"soft_scale": 0.0}, r"--soft-scale must be in \(0, 1\], got 0.0"),
+    ({"soft_scale": 1.5}, r"--soft-scale must be in \(0, 1\], got 1.5"),
+])
+def test_generate_rejects_bad_options(tmp_path, options, message):
+    from segmenters.pseudolabel import generate
+
+    with pytest.raises(ValueError, match=message):
+        generate(_CodedSegmenter(3, (1, 1)), [], tmp_path / "pseudo", **options)
+    assert not (tmp_path / "pseudo").exists()
+
+
+# --------------------------------------------------------------------------- the CLI's plumbing
+@pytest.fixture
+def coded_cli(tmp_path, monkeypatch):
+    """A prepared target of the CODED images and a checkpoint loader that returns the coded model
+    (recording what it was asked for)."""
+    import inspect
+
+    import segmenters.loader as loader
+
+    _coded_samples(tmp_path / "img", CODED)
+    target = tmp_path / "prepared"
+    target.mkdir()
+    (target / "meta.json").write_text(json.dumps({"dataset": "coded", "num_classes": 3, "splits": {"train": {
+        "image_dir": str(tmp_path / "img"), "img_suffix": ".png", "count": 2, "labelled": False}}}))
+    (target / "train.txt").write_text("a\nb\n")
+    ckpt_meta = {"arch": "deeplabv2", "preset": "tiny", "uda": "bdl", "iter": 7, "test_scale": [5, 1],
+                 "model_cfg": {"not": "recorded"}}
+    segmenter = _CodedSegmenter(3, (5, 1), meta=ckpt_meta)
+    signature, calls = inspect.signature(loader.load_segmenter), []
+
+    def load(*args, **kwargs):
+        calls.append(dict(signature.bind(*args, **kwargs).arguments))     # the arguments given
+        return segmenter
+
+    monkeypatch.setattr(loader, "load_segmenter", load)
+    return {"target": target, "load_calls": calls, "ckpt": str(tmp_path / "final.pth")}
+
+
+def test_pseudolabel_cli_passes_its_options_through(coded_cli, loader_calls, tmp_path):
+    from segmenters.pseudolabel import main
+
+    out = tmp_path / "pseudo"
+    assert main(["--checkpoint", coded_cli["ckpt"], "--target", str(coded_cli["target"]), "--split", "train",
+                 "--out", str(out), "--percentile", "25", "--bins", "100", "--batch-size", "2", "--workers", "1",
+                 "--device", "cpu", "--no-amp"]) == 0
+    assert coded_cli["load_calls"] == [{"path": coded_cli["ckpt"], "device": "cpu", "amp": False}]
+    assert loader_calls == [(2, 1)]
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["percentile"], meta["histogram_bins"]) == (25.0, 100)
+    # class 0 on 100 bins: its 4 values at 0.5 fill bin 50, the 25% rank (2.25) lies 2.25/4 into it;
+    # class 1's only value 0.96875 (bin 96, rank 0.25) -> 0.9625, capped at 0.9
+    assert meta["thresholds"] == {"class_0": 0.505625, "class_1": 0.9, "class_2": 0.0}
+    assert _labels(out, "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
+    assert meta["checkpoint"] == coded_cli["ckpt"]
+    assert meta["checkpoint_meta"] == {"arch": "deeplabv2", "preset": "tiny", "uda": "bdl", "iter": 7,
+                                       "test_scale": [5, 1]}
+    assert (meta["target"], meta["split"]) == (str(coded_cli["target"]), "train")
+
+
+def test_pseudolabel_cli_reports_at_info_level(coded_cli, tmp_path, capsys):
+    """Run as a program (root logger unconfigured), the CLI logs at INFO on stderr: level, logger, message."""
+    import logging
+
+    from segmenters.pseudolabel import main
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    for handler in saved_handlers:             # pytest's capture handlers would make basicConfig a no-op
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)             # a fresh interpreter's default
+    try:
+        main(["--checkpoint", coded_cli["ckpt"], "--target", str(coded_cli["target"]),
+              "--out", str(tmp_path / "pseudo")])
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+    err = capsys.readouterr().err
+    assert f"INFO segmenters.pseudolabel: wrote {tmp_path / 'pseudo'}: 30.0% of pixels kept" in err.splitlines()
+
+
+def test_pseudolabel_cli_arguments(capsys):
+    from segmenters.pseudolabel import build_parser
+
+    parser = build_parser()
+    base = ["--checkpoint", "c", "--target", "t", "--out", "o"]
+    defaults = parser.parse_args(base)
+    assert (defaults.batch_size, defaults.workers, defaults.soft_scale) == (1, 0, None)
+    assert [parser.parse_args(base + ["--rule", r]).rule for r in ("bdl", "fixed")] == ["bdl", "fixed"]
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(base + ["--rule", "median"])
+    assert exc.value.code == 2 and "invalid choice: 'median'" in capsys.readouterr().err
+
+
+def test_pseudolabel_cli_empty_split_names_its_file(coded_cli, tmp_path):
+    from domains.prepared import PreparedDataError
+    from segmenters.pseudolabel import main
+
+    (coded_cli["target"] / "train.txt").write_text("")
+    split_file = re.escape(str(coded_cli["target"] / "train.txt"))
+    with pytest.raises(PreparedDataError, match=f"split 'train' of .* is empty \\({split_file}\\)"):
+        main(["--checkpoint", coded_cli["ckpt"], "--target", str(coded_cli["target"]),
+              "--out", str(tmp_path / "pseudo")])
+    assert coded_cli["load_calls"] == [] and not (tmp_path / "pseudo").exists()

@@ -3,7 +3,9 @@
 mutmut plants one small fault (a mutant) at a time in the modules of ``tests/mutation/modules.yaml``
 and runs the tests that execute the mutated function; a mutant that no test notices *survives*.
 The score of a module is killed / (mutants - equivalent): survivors that cannot change behaviour
-are listed, with one line on why, under ``equivalent`` in that file.
+are listed under ``equivalent`` in that file, each by its function, its mutated line (the ``+``
+line of the diff, stripped; mutmut's mutant numbers shift when a function changes) and one line
+on why.
 
 mutmut names modules after their path from the folder it runs in (``src/`` stripped), and our
 workflow helpers live in ``workflow/lib/wflib``. So each group runs in a staging folder,
@@ -139,9 +141,32 @@ def score(spec: dict, results: dict[str, dict[str, str]]) -> list[ModuleScore]:
     return scores
 
 
+def mutant_key(name: str, diff: str) -> tuple[str, str]:
+    """What identifies a mutant across runs: its function and its mutated line(s). mutmut's
+    numbering (``x_f__mutmut_7``) shifts whenever the function changes."""
+    function = name.split("__mutmut_")[0].replace(".x_", ".").replace("ǁ", ".")
+    plus = " / ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+"))
+    return function, plus
+
+
+def equivalent_reasons(spec: dict, results: dict[str, dict[str, str]]) -> tuple[dict[str, str], list[dict]]:
+    """Surviving mutant name -> why it is equivalent, and the entries that match no survivor (stale)."""
+    entries = spec.get("equivalent") or []
+    wanted = {(e["function"], e["mutant"].strip()): e for e in entries}
+    found, used = {}, set()
+    for name, result in results.items():
+        if result["status"] != "survived":
+            continue
+        key = mutant_key(name, result["diff"])
+        if key in wanted:
+            found[name] = wanted[key]["why"]
+            used.add(key)
+    return found, [e for k, e in wanted.items() if k not in used]
+
+
 def report(spec: dict, scores: list[ModuleScore], results: dict, out: Path, minutes: dict[str, float]) -> bool:
     """Write the markdown and CSV reports; True when every module meets the target."""
-    equivalent = spec.get("equivalent") or {}
+    equivalent, stale = equivalent_reasons(spec, results)
     target = float(spec["target_score"])
     rows, ok = [], True
     survivors_md = []
@@ -177,6 +202,9 @@ def report(spec: dict, scores: list[ModuleScore], results: dict, out: Path, minu
             f"Target: at least {target:.0%} of non-equivalent mutants killed in every module. "
             f"{'All modules meet it.' if ok else 'Modules below the target: ' + ', '.join(r['module'] for r in rows if not r['meets_target'])}",
             "", table.to_markdown(index=False), "", "## Surviving and equivalent mutants", ""]
+    if stale:
+        survivors_md += ["", "## Equivalent entries that match no surviving mutant (stale: remove or update)", ""]
+        survivors_md += [f"- `{e['function']}`: `{e['mutant']}`" for e in stale]
     out.write_text("\n".join(head + (survivors_md or ["None."])) + "\n")
     return ok
 

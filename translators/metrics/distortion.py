@@ -114,7 +114,7 @@ def summary(delta: np.ndarray, flows: Sequence[Flow]) -> dict:
 
 
 def plot_heatmap(delta: np.ndarray, path: str | os.PathLike, class_names: Sequence[str] | None = None,
-                 title: str | None = None, annotate_pp: float = 1.0) -> Path:
+                 title: str | None = None, annotate_pp: float = 1.0) -> Path:  # pragma: no mutate block (a figure)
     """Heat map of ``delta`` in percentage points (rows = source label, columns = prediction) with a
     diverging colormap centred at 0; absent label rows are grey; cells with |value| >= ``annotate_pp``
     are labelled. Written atomically as PNG."""
