@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -14,7 +17,8 @@ from PIL import Image
 
 from domains.prepared import PreparedDataError, PreparedDataset
 from translators.metrics.__main__ import main as cli
-from translators.metrics.distortion import distortion_matrix, plot_heatmap, row_normalise, summary, top_flows
+from translators.metrics.distortion import (distortion_matrix, plot_heatmap, row_normalise, semantic_distortion,
+                                            summary, top_flows)
 from translators.metrics.fcn_score import fcn_scores, select_evenly, source_samples
 
 
@@ -86,6 +90,202 @@ def test_flow_text_uses_cityscapes_names_and_heatmap_is_written(tmp_path):
     img = np.asarray(Image.open(out))
     assert img.ndim == 3 and img.shape[0] > 300 and img.std() > 0
     assert [p.name for p in out.parent.iterdir()] == ["heat.png"]
+
+
+def test_row_normalise_single_pixel_rows_shares_and_errors():
+    cm = np.array([[0, 1, 0], [2, 2, 0], [0, 0, 0]])           # label 0 holds a single pixel; label 2 none
+    p = row_normalise(cm)
+    np.testing.assert_array_equal(p[:2], [[0, 1, 0], [0.5, 0.5, 0]])
+    assert np.isnan(p[2]).all()
+    np.testing.assert_allclose(row_normalise(cm / cm.sum()), p)  # pixel shares (row sums < 1): same result
+    # a float32 confusion is normalised in float64 (2**24 + 1 is not a float32)
+    p32 = row_normalise(np.array([[2 ** 24, 1], [0, 0]], dtype=np.float32))
+    assert p32.dtype == np.float64 and p32[0, 0] == 2 ** 24 / (2 ** 24 + 1) and p32[0, 1] == 1 / (2 ** 24 + 1)
+    with pytest.raises(ValueError, match=r"confusion matrix must be square, got shape \(2, 3\)"):
+        row_normalise(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"confusion matrix must be square, got shape \(3,\)"):
+        row_normalise(np.ones(3))
+
+
+def test_top_flows_defaults_k_and_generic_class_names():
+    d = np.full((4, 4), 0.05)                                   # 12 tied off-diagonal increases
+    np.fill_diagonal(d, -0.15)
+    flows = top_flows(d)
+    assert len(flows) == 10                                     # default k
+    assert [(f.src, f.dst) for f in flows] == [(i, j) for i in range(4) for j in range(4) if i != j][:10]
+    assert (flows[0].src_name, flows[0].dst_name, flows[-1].src_name) == ("class_0", "class_1", "class_3")
+    assert top_flows(d, k=0) == [] and top_flows(d, k=-3) == []
+    assert len(top_flows(d, k=50)) == 12
+    with pytest.raises(ValueError, match=r"unknown order 'bogus'; use 'increase' or 'abs'"):
+        top_flows(d, order="bogus")
+    # a raw pixel-count difference (integers) ranks the same way
+    cm_ref = np.array([[10, 0, 0], [0, 10, 0], [0, 0, 10]])
+    cm_new = np.array([[7, 3, 0], [2, 8, 0], [0, 5, 5]])
+    assert [(f.src, f.dst, f.delta) for f in top_flows(cm_new - cm_ref, k=2)] == [(2, 1, 5.0), (0, 1, 3.0)]
+
+
+def test_top_flows_ties_keep_row_major_order_on_19_classes():
+    d = np.full((19, 19), 0.01)
+    np.fill_diagonal(d, -0.18)
+    d[4] = np.nan                                               # fence absent from the labels
+    d[7, 3] = 0.02
+    expected = [(7, 3)] + [(i, j) for i in range(19) for j in range(19) if i != j and i != 4 and (i, j) != (7, 3)]
+    assert [(f.src, f.dst) for f in top_flows(d, k=1000)] == expected
+    assert [(f.src, f.dst) for f in top_flows(-d, k=1000, order="abs")] == expected
+    assert str(top_flows(d, k=1)[0]) == "traffic sign\u2192wall +2.0 %"
+
+
+def test_summary_counts_positive_flips_only_and_absent_rows():
+    nan = np.nan
+    d = np.array([[-0.2, 0.3, -0.1], [0.1, 0.0, -0.1], [nan, nan, nan]])
+    row = summary(d, [])
+    assert row == {"classes_present": 2, "mean_diag_change_pp": pytest.approx(-10.0),
+                   "mean_flip_pp": pytest.approx(100 * (0.3 + 0.1) / 2)}   # the -0.1 changes are not flips
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # no "Mean of empty slice"
+        empty = summary(np.full((3, 3), nan), [])
+    assert empty["classes_present"] == 0
+    assert math.isnan(empty["mean_diag_change_pp"]) and math.isnan(empty["mean_flip_pp"])
+    # a float32 delta gives the float64 result
+    d32 = (np.random.default_rng(4).random((19, 19)) - 0.5).astype(np.float32)
+    d64 = d32.astype(np.float64)
+    row32 = summary(d32, [])
+    assert row32["mean_diag_change_pp"] == 100.0 * float(np.mean(np.diag(d64)))
+    assert row32["mean_flip_pp"] == 100.0 * float(np.mean(np.clip(d64 - np.diag(np.diag(d64)), 0, None).sum(axis=1)))
+
+
+# ------------------------------------------------------- semantic distortion with stand-in inference
+
+def _hand_made_confusions():
+    """Source reference: 100 correct pixels per class, fence (4) absent. Refined: label i loses i+1 of its
+    pixels to class i+1 (mod 19), so D[i, i] = -(i+1) %, D[i, i+1] = +(i+1) %."""
+    cm_source = 100 * np.eye(19, dtype=np.int64)
+    cm_source[4, 4] = 0
+    cm_refined = cm_source.copy()
+    expected = np.zeros((19, 19))
+    for i in range(19):
+        if i != 4:
+            cm_refined[i, i] -= i + 1
+            cm_refined[i, (i + 1) % 19] += i + 1
+            expected[i, i], expected[i, (i + 1) % 19] = -(i + 1) / 100, (i + 1) / 100
+    expected[4] = np.nan
+    return cm_source, cm_refined, expected
+
+
+@pytest.fixture()
+def stand_in_inference(tiny_prepared, tmp_path, monkeypatch):
+    """load_segmenter / segment_confusion replaced by recorders returning hand-made confusions per image
+    folder (the real inference is covered end to end below); default_device pretends a GPU."""
+    import segmenters.io
+    import segmenters.loader
+    import translators.metrics.fcn_score as fcn_score
+
+    source = tiny_prepared["source"]
+    stems = [s.stem for s in PreparedDataset.load(source).samples("train")]
+    folders = {}
+    for name in ("refined", "other"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for stem in stems:
+            (folders[name] / f"{stem}.png").touch()
+    cm_source, cm_refined, expected = _hand_made_confusions()
+    cm_other = cm_refined.copy()
+    cm_other[0, 0], cm_other[0, 1] = 80, 20                   # label 0: 20 % road->sidewalk already
+    confusions = {folders["refined"]: cm_refined, folders["other"]: cm_other}
+    calls = {"load": [], "segment": []}
+
+    def load(path, device="cpu", expect_num_classes=None, expect_arch=None, amp=True):
+        calls["load"].append({"path": path, "device": device, "amp": amp})
+        return SimpleNamespace(num_classes=19)
+
+    def segment(segmenter, samples, batch_size=1, workers=0):
+        folder = Path(samples[0].image).parent
+        calls["segment"].append({"folder": folder if folder in confusions else "source",
+                                 "stems": [s.stem for s in samples], "batch_size": batch_size, "workers": workers})
+        return confusions.get(folder, cm_source).copy()
+
+    monkeypatch.setattr(segmenters.loader, "load_segmenter", load)
+    monkeypatch.setattr(fcn_score, "segment_confusion", segment)
+    monkeypatch.setattr(segmenters.io, "default_device", lambda: "cuda")
+    return SimpleNamespace(source=source, stems=stems, calls=calls, cm_source=cm_source, cm_refined=cm_refined,
+                           expected=expected, **folders)
+
+
+def test_semantic_distortion_defaults_on_hand_made_confusions(stand_in_inference):
+    t = stand_in_inference
+    row, delta, cm_refined, cm_reference, flows = semantic_distortion("oracle/final.pth", t.source, t.refined)
+    np.testing.assert_allclose(delta, t.expected)              # NaN row of the absent class included
+    assert np.array_equal(cm_refined, t.cm_refined) and np.array_equal(cm_reference, t.cm_source)
+    # defaults: whole train split, raw source as reference, the 10 largest increases, one image per batch,
+    # no loader workers, autocast on, the default device
+    assert [(f.src, f.dst) for f in flows] == [(i, (i + 1) % 19) for i in range(18, 8, -1)]
+    assert str(flows[0]) == "bicycle\u2192road +19.0 %" and flows[-1].delta == pytest.approx(0.10)
+    assert t.calls["load"] == [{"path": "oracle/final.pth", "device": "cuda", "amp": True}]
+    assert t.calls["segment"] == [{"folder": "source", "stems": t.stems, "batch_size": 1, "workers": 0},
+                                  {"folder": t.refined, "stems": t.stems, "batch_size": 1, "workers": 0}]
+    assert list(row)[:7] == ["images", "reference", "n_images", "segmenter", "classes_present",
+                             "mean_diag_change_pp", "mean_flip_pp"]
+    assert (row["images"], row["reference"], row["n_images"], row["segmenter"]) == (
+        str(t.refined), "source", 8, "oracle/final.pth")
+    present = [i + 1 for i in range(19) if i != 4]
+    assert row["classes_present"] == 18
+    assert row["mean_diag_change_pp"] == pytest.approx(-np.mean(present))
+    assert row["mean_flip_pp"] == pytest.approx(np.mean(present))
+    assert row["flow_1"] == "bicycle\u2192road" and row["flow_1_pp"] == pytest.approx(19.0)
+    assert row["flow_10"] == "terrain\u2192sky" and "flow_11" not in row
+
+
+def test_semantic_distortion_reference_images_and_options(stand_in_inference):
+    t = stand_in_inference
+    row, delta, _, cm_reference, flows = semantic_distortion(
+        "seg.pth", t.source, t.refined, reference_images=t.other, split="train", limit=3, top=1, order="abs",
+        batch_size=4, workers=2, device="cpu", amp=False)
+    # refined vs the other folder: only label 0 differs (0.99/0.01 against 0.80/0.20)
+    expected = np.zeros((19, 19))
+    expected[0, :2] = 0.19, -0.19
+    expected[4] = np.nan
+    np.testing.assert_allclose(delta, expected, atol=1e-12)
+    assert cm_reference[0, 1] == 20
+    assert [(f.src, f.dst, round(f.delta, 6)) for f in flows] == [(0, 1, -0.19)]   # a decrease ranks by size
+    assert (row["images"], row["reference"], row["n_images"], row["segmenter"]) == (
+        str(t.refined), str(t.other), 3, "seg.pth")
+    assert t.calls["load"] == [{"path": "seg.pth", "device": "cpu", "amp": False}]
+    chosen = t.calls["segment"][0]["stems"]
+    assert len(chosen) == 3 and chosen[0] == t.stems[0] and chosen[-1] == t.stems[-1]
+    assert t.calls["segment"] == [{"folder": t.other, "stems": chosen, "batch_size": 4, "workers": 2},
+                                  {"folder": t.refined, "stems": chosen, "batch_size": 4, "workers": 2}]
+    with pytest.raises(ValueError, match="unknown order 'INCREASE'"):
+        semantic_distortion("seg.pth", t.source, t.refined, order="INCREASE")
+
+
+def test_semantic_distortion_reference_confusion_via_cli(stand_in_inference, tmp_path, caplog):
+    t = stand_in_inference
+    ref = tmp_path / "raw.confusion.npy"
+    np.save(ref, t.cm_source)
+    out = tmp_path / "res" / "d.csv"
+    assert cli(["distortion", "--segmenter", "seg.pth", "--source", str(t.source), "--images", str(t.refined),
+                "--reference-confusion", str(ref), "--out", str(out), "--heatmap", str(tmp_path / "res" / "d.png"),
+                "--top", "3", "--translator", "t1"]) == 0
+    assert [c["folder"] for c in t.calls["segment"]] == [t.refined]     # the reference is not segmented again
+    np.testing.assert_allclose(np.load(tmp_path / "res" / "d.distortion.npy"), t.expected)
+    assert np.array_equal(np.load(tmp_path / "res" / "d.reference_confusion.npy"), t.cm_source)
+    assert np.array_equal(np.load(tmp_path / "res" / "d.confusion.npy"), t.cm_refined)
+    r = pd.read_csv(out).iloc[0]
+    assert (r["translator"], r["reference"], r["images"], r["n_images"]) == ("t1", str(ref), str(t.refined), 8)
+    assert [r[f"flow_{k}"] for k in (1, 2, 3)] == ["bicycle\u2192road", "motorcycle\u2192bicycle",
+                                                     "train\u2192motorcycle"]
+    assert [r[f"flow_{k}_pp"] for k in (1, 2, 3)] == pytest.approx([19.0, 18.0, 17.0]) and "flow_4" not in r
+    # a reference confusion of another class count names the file and the segmenter
+    bad = tmp_path / "four.npy"
+    np.save(bad, np.eye(4))
+    message = (f"{bad}: confusion of shape (4, 4), the segmenter seg.pth has 19 classes; "
+               "pass the .confusion.npy of the same segmenter")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        semantic_distortion("seg.pth", t.source, t.refined, reference_confusion=bad)
+    assert cli(["distortion", "--segmenter", "seg.pth", "--source", str(t.source), "--images", str(t.refined),
+                "--reference-confusion", str(bad), "--out", str(tmp_path / "x.csv"),
+                "--heatmap", str(tmp_path / "x.png")]) == 2
+    assert message in caplog.text and not (tmp_path / "x.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------- end to end

@@ -11,8 +11,10 @@ mutmut names modules after their path from the folder it runs in (``src/`` strip
 workflow helpers live in ``workflow/lib/wflib``. So each group runs in a staging folder,
 ``build/mutation/<group>``, where ``src/<package>`` links to each package (``src/wflib`` to the
 helpers); mutmut copies them into ``<group>/mutants`` and mutates the copies: the checkout is never
-modified. A group's run starts from a fresh copy (mutmut would otherwise keep stale copies of the
-files it does not mutate); ``--only`` reruns some groups and the report still covers all of them.
+modified. While a group's modules are unchanged (their SHA-256 is recorded), a rerun tests again
+only the mutants that were not killed (after new tests, say); a changed module, or ``--fresh``,
+tests every mutant of the group in a fresh copy. ``--only`` runs some groups; the report always
+covers all of them.
 
 Writes ``build/mutation/report.md`` and ``report.csv`` (``--report`` elsewhere); exits 1 when a
 module scores below ``target_score`` or a group has no results yet.
@@ -20,6 +22,7 @@ module scores below ``target_score`` or a group has no results yet.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +57,23 @@ def staged_path(repo_path: str) -> str:
 
 def module_name(repo_path: str) -> str:
     return staged_path(repo_path)[len("src/"):-len(".py")].replace("/", ".")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def refresh_unmutated(root: Path, group: dict) -> None:
+    """Bring mutmut's copies of the files it does not mutate up to date (it copies them only once)."""
+    mutated = {staged_path(m) for m in group["modules"]}
+    for name, where in PACKAGES.items():
+        for src in (REPO / where).rglob("*"):
+            rel = "src/" + name + "/" + src.relative_to(REPO / where).as_posix()
+            copy = root / "mutants" / rel
+            if src.is_file() and rel not in mutated and "__pycache__" not in rel and (
+                    not copy.is_file() or copy.read_bytes() != src.read_bytes()):
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, copy)
 
 
 def stage(spec: dict, group: dict, root: Path) -> None:
@@ -113,7 +133,7 @@ def collect() -> dict[str, dict[str, str]]:
         data.load()
         for name, code in data.exit_code_by_key.items():
             status = status_by_exit_code[code]
-            diff = "" if status in ("killed", "timeout") else "\n".join(
+            diff = "\n".join(
                 line for line in get_diff_for_mutant(name, path=path).splitlines()
                 if line[:1] in "+-" and not line.startswith(("+++", "---")))
             results[name] = {"status": status, "diff": diff}
@@ -128,7 +148,15 @@ def read_results(root: Path) -> dict[str, dict[str, str]]:
     return json.loads(done.stdout)
 
 
+def on_ignored_line(spec: dict, diff: str) -> bool:
+    """A mutant of a line that ``do_not_mutate_patterns`` now excludes (the patterns changed after
+    the run that made it): left out of the score, as a fresh run would not make it."""
+    lines = [line[1:] for line in diff.splitlines() if line.startswith("-")]
+    return any(re.search(p, line) for p in spec.get("do_not_mutate_patterns", []) for line in lines)
+
+
 def score(spec: dict, results: dict[str, dict[str, str]]) -> list[ModuleScore]:
+    results = {n: r for n, r in results.items() if not on_ignored_line(spec, r["diff"])}
     scores = []
     for group, entry in spec["groups"].items():
         for path in entry["modules"]:
@@ -215,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="mutants tested in parallel")
     parser.add_argument("--report", type=Path, default=None, help="report path (.md; a .csv is written beside it)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
+    parser.add_argument("--fresh", action="store_true",
+                        help="test every mutant again (default: only those not killed last time, while the modules "
+                             "are unchanged)")
     parser.add_argument("--only", nargs="+", metavar="GROUP", help="run only these groups of modules.yaml")
     parser.add_argument("--collect", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -231,19 +262,35 @@ def main(argv: list[str] | None = None) -> int:
     times_path = args.root / "minutes.json"
     minutes = json.loads(times_path.read_text()) if times_path.is_file() else {}
     for name in ([] if args.report_only else groups):
-        root = args.root / name
-        shutil.rmtree(root / "mutants", ignore_errors=True)
+        group, root = spec["groups"][name], args.root / name
+        sources = {m: sha256(REPO / m) for m in group["modules"]}
+        recorded = root / "sources.json"
+        again = None  # mutants to test again; None: all of them, in a fresh copy
+        if not args.fresh and recorded.is_file() and json.loads(recorded.read_text()) == sources:
+            again = [n for n, r in read_results(root).items() if r["status"] not in ("killed", "timeout")]
+            if not again:
+                log.info("mutation: group %s unchanged and every mutant killed", name)
+                continue
+            refresh_unmutated(root, group)
+        else:
+            shutil.rmtree(root / "mutants", ignore_errors=True)
+            recorded.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
-        stage(spec, spec["groups"][name], root)
-        log.info("mutation: group %s (%s)", name, ", ".join(spec["groups"][name]["modules"]))
+        stage(spec, group, root)
+        log.info("mutation: group %s (%s)%s", name, ", ".join(group["modules"]),
+                 "" if again is None else f": the {len(again)} mutants that were not killed last time")
         t0 = time.perf_counter()
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.workers)],
-                              cwd=root, env=env)
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.workers),
+                               *(again or [])], cwd=root, env=env)
         if done.returncode != 0:
             log.error("mutmut run of group %s failed (exit %d); see above", name, done.returncode)
             return 2
-        minutes[name] = round((time.perf_counter() - t0) / 60, 1)
+        if again is None:
+            recorded.write_text(json.dumps(sources, indent=1))
+            minutes[name] = round((time.perf_counter() - t0) / 60, 1)
+        else:
+            minutes[name + " (rerun)"] = round((time.perf_counter() - t0) / 60, 1)
         times_path.write_text(json.dumps(minutes, indent=1))
     results = {}
     for name in spec["groups"]:
