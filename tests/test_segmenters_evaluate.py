@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from PIL import Image
 from domains.labels import CLASSES, TRAINID_TO_CITYSCAPES_ID, lookup_table
 from domains.prepared import PreparedDataError
 from segmenters.__main__ import main as cli
+from segmenters.evaluate import build_parser, evaluate_samples, labelled_samples, run, write_result
+from segmenters.evaluate import main as evaluate_main
 from segmenters.metrics import confusion_matrix, per_class_iou
 
 
@@ -194,3 +198,147 @@ def test_evaluate_scores_a_known_model_exactly(tiny_prepared, probe_segmenter, t
     assert row["aAcc"] == pytest.approx(100 * tp.sum() / cm.sum(), abs=1e-9)
     assert row["mAcc"] == pytest.approx(100 * np.nanmean(recall), abs=1e-9)
     assert row["round"] == 2
+
+
+# --------------------------------------------------------------------------- errors, options, defaults
+def _edit_meta(target: Path, edit) -> None:
+    meta = json.loads((target / "meta.json").read_text())
+    edit(meta)
+    (target / "meta.json").write_text(json.dumps(meta))
+
+
+def test_labelled_samples_errors_name_the_fix(tiny_prepared, tmp_path):
+    target = tmp_path / "t"
+    shutil.copytree(tiny_prepared["target"], target)
+    shutil.copy(target / "train.txt", target / "extra.txt")
+    (target / "empty.txt").write_text("")
+
+    def add_splits(meta):
+        meta["splits"]["extra"] = dict(meta["splits"]["train"])
+        meta["splits"]["empty"] = dict(meta["splits"]["train"], count=0)
+        meta["splits"]["val"]["labelled"] = False
+    _edit_meta(target, add_splits)
+    with pytest.raises(PreparedDataError) as err:
+        labelled_samples(target, "val")
+    msg = str(err.value)
+    assert f"({target / 'meta.json'}: splits.val.labelled is false)" in msg
+    assert msg.endswith("evaluate needs a labelled split, e.g. train, extra, empty")
+    with pytest.raises(PreparedDataError, match=re.escape(f"split 'empty' of {target} is empty ({target / 'empty.txt'})")):
+        labelled_samples(target, "empty")
+
+    def unlabel_all(meta):
+        for info in meta["splits"].values():
+            info["labelled"] = False
+    _edit_meta(target, unlabel_all)
+    with pytest.raises(PreparedDataError, match=r"needs a labelled split, e.g\. none available$"):
+        labelled_samples(target, "train")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_21(tmp_path_factory) -> Path:
+    """A tiny DeepLab-V2 ``final.pth`` with 21 output classes (not the 19 Cityscapes classes)."""
+    from segmenters.checkpoint import build_segmentor, save_final
+    from segmenters.configs import load_config
+
+    cfg = load_config("deeplabv2", "tiny")
+    model_cfg = cfg.model.to_dict()
+    model_cfg["decode_head"]["num_classes"] = 21
+    torch.manual_seed(0)
+    model = build_segmentor(model_cfg)
+    meta = {"arch": "deeplabv2", "preset": "tiny", "num_classes": 21, "uda": "source_only", "iter": 0,
+            "test_scale": list(cfg.test_scale), "model_cfg": model_cfg}
+    return save_final(model, meta, tmp_path_factory.mktemp("ckpt21") / "final.pth")
+
+
+def test_evaluate_other_class_count(tiny_prepared, checkpoint_21, tmp_path, monkeypatch):
+    """A 21-class model: a 21x21 matrix, columns class_0..class_20, and --labelids refused by name."""
+    from segmenters.loader import load_segmenter
+
+    target = tiny_prepared["target"]
+    samples = labelled_samples(target, "val")
+    cm = evaluate_samples(load_segmenter(checkpoint_21, device="cpu"), samples)
+    assert cm.shape == (21, 21) and cm.sum() == sum(int((lab != 255).sum()) for lab in _labels(target, "val").values())
+    out = tmp_path / "a" / "b" / "r.csv"  # missing parents created
+    row = write_result(out, cm, 19, None, "ck")  # default convention: nan
+    names = [f"class_{c}" for c in range(21)]
+    assert list(pd.read_csv(out).columns) == [*names, "mIoU", "aAcc", "mAcc", "round", "checkpoint"]
+    tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    for c, name in enumerate(names):
+        if union[c] == 0:
+            assert math.isnan(row[name]), name
+        else:
+            assert row[name] == pytest.approx(100 * tp[c] / union[c]), name
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "b" / "r.confusion.npy"), cm)
+
+    seen = _spy_loader(monkeypatch)
+    with pytest.raises(SystemExit, match=re.escape(f"--labelids needs a 19-class model, {checkpoint_21} has 21")):
+        evaluate_main(["--checkpoint", str(checkpoint_21), "--target", str(target), "--out", str(tmp_path / "x.csv"),
+                       "--save-predictions", str(tmp_path / "p"), "--labelids", "--device", "cpu"])
+    assert seen[0].amp is True and seen[0].device.type == "cpu"  # autocast unless --no-amp
+
+
+def _spy_loader(monkeypatch) -> list:
+    """Record the segmenters the evaluate CLI loads (the real loader runs)."""
+    import segmenters.loader as loader
+
+    seen, real = [], loader.load_segmenter
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(loader, "load_segmenter", spy)
+    return seen
+
+
+def test_evaluate_eps_convention_and_options(tiny_prepared, probe_segmenter, tmp_path, monkeypatch, capsys):
+    target = tiny_prepared["target"]
+    base = ["--checkpoint", str(probe_segmenter["path"]), "--target", str(target), "--out", str(tmp_path / "r.csv")]
+    for bad in (["--class-set", "17"], ["--iou-convention", "foo"]):
+        with pytest.raises(SystemExit) as err:
+            build_parser().parse_args(base + bad)
+        assert err.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert "--save-predictions DIR" in build_parser().format_help()
+    with pytest.raises(SystemExit, match=r"^--labelids needs --save-predictions DIR$"):
+        evaluate_main(base + ["--labelids"])
+
+    seen = _spy_loader(monkeypatch)
+    out = tmp_path / "x" / "y" / "eps.csv"
+    row = run(build_parser().parse_args(base[:-1] + [str(out), "--iou-convention", "eps", "--class-set", "13",
+                                                     "--device", "cpu:0", "--no-amp"]))
+    assert seen[0].amp is False and seen[0].device == torch.device("cpu", 0)  # exactly the device asked for
+    cm = np.load(out.with_name("eps.confusion.npy"))
+    tp, union = np.diag(cm).astype(float), (cm.sum(0) + cm.sum(1) - np.diag(cm)).astype(float)
+    assert (union == 0).sum() >= 10                              # absent classes: 0 under eps, not NaN
+    want = np.where(union > 0, tp / np.maximum(union, 1), 0.0)
+    table = pd.read_csv(out)
+    assert list(table.columns) == [*CLASSES, "mIoU", "mIoU13", "aAcc", "mAcc", "round", "checkpoint"]
+    for c, name in enumerate(CLASSES):
+        assert table.iloc[0][name] == pytest.approx(100 * want[c], abs=1e-6), name
+    assert row["mIoU"] == pytest.approx(100 * want.mean(), abs=1e-6)
+    for split in ("nan", "eps"):  # both conventions are valid choices
+        assert build_parser().parse_args(base + ["--iou-convention", split]).iou_convention == split
+
+
+def test_evaluate_samples_default_writes_trainids(tiny_prepared, probe_segmenter, tmp_path):
+    from segmenters.loader import load_segmenter
+
+    target = tiny_prepared["target"]
+    expected = {s: p for s, (p, _) in _predictions(probe_segmenter["model"], target, "val",
+                                                    probe_segmenter["test_scale"]).items()}
+    evaluate_samples(load_segmenter(probe_segmenter["path"], device="cpu"), labelled_samples(target, "val"),
+                     save_dir=tmp_path / "p")
+    for stem, p in expected.items():
+        np.testing.assert_array_equal(np.array(Image.open(tmp_path / "p" / f"{stem}.png")), p, err_msg=stem)
+
+
+def test_evaluate_main_logs_info_lines(tiny_prepared, tmp_path, monkeypatch, capsys):
+    """The CLI configures logging: INFO lines as '<LEVEL> <logger>: <message>' on stderr."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])   # pytest's capture handlers would make basicConfig a no-op
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    with pytest.raises(SystemExit):
+        evaluate_main(["--checkpoint", "c.pth", "--target", str(tiny_prepared["target"]), "--out",
+                       str(tmp_path / "r.csv"), "--labelids"])
+    capsys.readouterr()
+    logging.getLogger("segmenters.evaluate").info("probe message")
+    assert capsys.readouterr().err == "INFO segmenters.evaluate: probe message\n"

@@ -2,7 +2,10 @@
 bounded memory."""
 from __future__ import annotations
 
+import datetime
 import json
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +15,12 @@ from PIL import Image
 
 from domains.prepared import PreparedDataset
 from translators.__main__ import main
-from translators.checkpoint import sha256
-from translators.config import load_config
+from translators.checkpoint import CheckpointError, sha256
+from translators.config import ConfigError, load_config
 from translators.data import DataError
 from translators.methods import build_method
 from translators.networks import ResnetGenerator
-from translators.refine import refine
+from translators.refine import RefineResult, output_name, refine
 from translators.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "translators" / "configs"
@@ -200,3 +203,193 @@ def test_refine_pixels_equal_the_checkpoint_translation(method_name, tmp_path):
     swapped = _translate_by_hand(method_name, trained, img[..., ::-1].copy(), 32, 0.25, 2).astype(int)
     assert np.abs(swapped - want).mean() > 5
     assert np.abs(want[..., ::-1] - want).mean() > 5
+
+
+# ----------------------------------------------------------------------------- options, names, manifest, resume
+class _Clock:
+    """``time`` for translators.refine: time() alternates 1000.0 (start) and 1001.23456 (end of the
+    run), so the manifest's ``seconds`` is known exactly; strftime is the real one."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def time(self) -> float:
+        self.calls += 1
+        return 1000.0 if self.calls % 2 else 1001.23456
+
+    strftime = staticmethod(__import__("time").strftime)
+
+
+def _hand_translate_resized(state: dict, cfg, img: np.ndarray, short: int, tile: int, overlap: float,
+                            blend: str) -> np.ndarray:
+    """data.resize_short by hand: bicubic to the short side, translate, bicubic back to the source size."""
+    h, w = img.shape[:2]
+    s = short / min(h, w)
+    small = np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.BICUBIC))
+    method = build_method(cfg)
+    method.load_state_dict(state)
+    method.eval()
+    x = torch.from_numpy(small.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        y = method.translate_full(x, tile=tile, overlap=overlap, batch_size=1, blend=blend)
+    y = np.clip(np.rint((y[0].permute(1, 2, 0).numpy().astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
+
+
+def test_refine_options_reach_every_image(tmp_path, monkeypatch, capsys):
+    """--tile/--tile-overlap/--batch-size and the checkpoint's refine.blend and data.resize_short
+    are what every image of the folder (nested sub-folders kept) is translated with."""
+    cfg = load_config(CONFIGS / "cut_tiny.yaml", TINY + ["data.resize_short=36", "refine.blend=mean"])
+    torch.manual_seed(0)
+    state = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in build_method(cfg).state_dict().items()}
+    ckpt = tmp_path / "final.pt"
+    torch.save({"format": 1, "method": cfg.method, "arch": cfg.arch(), "config": cfg.to_dict(), "step": 1,
+                "finished": True, "models": state}, ckpt)
+    src = tmp_path / "plain"
+    (src / "x" / "y").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:40, 0:70]
+    imgs = {}
+    for k, name in enumerate(("a", "b", "c")):  # distinct images: each output must be its own input's
+        img = np.stack([(4 * xx + 50 * k) % 256, (6 * yy + 90 * k) % 256, np.full_like(xx, 40 * k)], -1)
+        imgs[f"x/y/{name}"] = np.clip(img + rng.integers(0, 40, (40, 70, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(imgs[f"x/y/{name}"]).save(src / f"x/y/{name}.png")
+    batches: list[int] = []
+    orig_fwd = ResnetGenerator.forward
+
+    def spy_fwd(self, x, layers=None, encode_only=False):
+        batches.append(x.shape[0])
+        return orig_fwd(self, x, layers, encode_only)
+    monkeypatch.setattr(ResnetGenerator, "forward", spy_fwd)
+    out = tmp_path / "not" / "yet" / "out"  # parents created
+    res = refine(ckpt, src, out, tile=16, tile_overlap=0.5, batch_size=3, device="cpu")  # progress bar on
+    assert res.written == 3 and res.total == 3
+    assert max(batches) == 3 and 3 in batches  # 16-px tiles, three per forward pass
+    err = capsys.readouterr().err
+    assert "refine" in err and "3/3" in err
+    for stem, img in imgs.items():
+        with Image.open(out / f"{stem}.png") as im:
+            got = np.asarray(im).astype(int)
+        want = _hand_translate_resized(state, cfg, img, 36, 16, 0.5, "mean").astype(int)
+        assert got.shape == want.shape == (40, 70, 3)
+        assert np.abs(got - want).max() <= 1, stem
+    # teeth: the other blend, tile, overlap each land elsewhere
+    img = imgs["x/y/a"]
+    want = _hand_translate_resized(state, cfg, img, 36, 16, 0.5, "mean").astype(int)
+    for other in ((16, 0.5, "linear"), (32, 0.5, "mean"), (16, 0.25, "mean")):
+        assert np.abs(_hand_translate_resized(state, cfg, img, 36, *other).astype(int) - want).max() > 1, other
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["tile"], m["tile_overlap"], m["batch_size"], m["device"]) == (16, 0.5, 3, "cpu")
+    assert m["img_suffix"] == ".png" and m["split"] == "train"
+
+
+def _suffix_dataset(tiny_prepared, root: Path, suffix: str) -> Path:
+    """The tiny target with its images renamed to ``<stem><suffix>`` (like Cityscapes' _leftImg8bit.png)."""
+    target = root / "suffixed"
+    shutil.copytree(tiny_prepared["target"], target)
+    meta = json.loads((target / "meta.json").read_text())
+    for split, info in meta["splits"].items():
+        img_dir = root / "images" / split
+        img_dir.mkdir(parents=True)
+        for stem in (target / f"{split}.txt").read_text().split():
+            shutil.copy(Path(info["image_dir"]) / f"{stem}{info['img_suffix']}", img_dir / f"{stem}{suffix}")
+        info.update(image_dir=str(img_dir), img_suffix=suffix)
+    meta["dataset"] = "suffixed"
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+def test_refine_split_suffix_manifest_and_resume(tiny_prepared, tmp_path, monkeypatch):
+    ckpt, _ = _perturbed_checkpoint("cut", tmp_path / "final.pt")
+    src = _suffix_dataset(tiny_prepared, tmp_path, "_leftImg8bit.PNG")
+    ds = PreparedDataset.load(src)
+    stems = ds.stems("val")
+    out = tmp_path / "refined"
+    (out / "sub").mkdir(parents=True)
+    for stale in (out / ".00000_leftImg8bit.PNG.tmp-123", out / "sub" / ".x.png.tmp-9"):
+        stale.write_bytes(b"half-written")
+    (out / "keep.txt").write_text("not ours")
+    clock = _Clock()
+    monkeypatch.setattr("translators.refine.time", clock)
+
+    res = refine(ckpt, src, out, split="val", device="cpu", show_progress=False)
+    assert res == RefineResult(out, len(stems), len(stems), 0)
+    assert sorted(p.name for p in out.rglob("*.PNG")) == [f"{s}_leftImg8bit.PNG" for s in stems]
+    assert all(ds.image_path("val", s, image_dir=out).is_file() for s in stems)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name] and (out / "keep.txt").is_file()
+    m = json.loads((out / "manifest.json").read_text())
+    saved = torch.load(ckpt, weights_only=True)
+    assert set(m) == {"checkpoint", "checkpoint_sha256", "method", "train_step", "config", "source",
+                      "source_dataset", "split", "img_suffix", "count", "written", "skipped", "tile",
+                      "tile_overlap", "batch_size", "device", "seconds", "created"}
+    assert m["checkpoint"] == str(ckpt.resolve()) and m["train_step"] == saved["step"] == 1
+    assert m["config"] == saved["config"] and m["source"] == str(src.resolve())
+    assert (m["source_dataset"], m["split"], m["img_suffix"]) == ("suffixed", "val", "_leftImg8bit.PNG")
+    assert (m["count"], m["written"], m["skipped"]) == (len(stems), len(stems), 0)
+    rc = load_config(CONFIGS / "cut_tiny.yaml", TINY).refine  # defaults of the checkpoint's config
+    assert (m["tile"], m["tile_overlap"], m["batch_size"], m["device"]) == (32, rc.tile_overlap, rc.batch_size, "cpu")
+    assert m["seconds"] == 1.235
+    created = datetime.datetime.strptime(m["created"], "%Y-%m-%dT%H:%M:%S%z")
+    assert abs(created.timestamp() - time.time()) < 600
+
+    # everything done: nothing redone, the manifest untouched (an overlap of 0 is valid)
+    res = refine(ckpt, src, out, split="val", tile_overlap=0.0, device="cpu", show_progress=False)
+    assert res == RefineResult(out, len(stems), 0, len(stems))
+    # the manifest lost (killed after the last image): it is rewritten, no image redone
+    (out / "manifest.json").unlink()
+    res = refine(ckpt, src, out, split="val", device="cpu", show_progress=False)
+    assert res == RefineResult(out, len(stems), 0, len(stems))
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["count"], m["written"], m["skipped"]) == (len(stems), 0, len(stems))
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=rf"--tile-overlap must be in \[0, 1\), got {bad}"):
+            refine(ckpt, src, out, split="val", tile_overlap=bad, device="cpu", show_progress=False)
+
+
+def test_output_name_keeps_png_suffixes_only():
+    assert output_name("a/b", "_leftImg8bit.png") == "a/b_leftImg8bit.png"
+    assert output_name("a", "_leftImg8bit.PNG") == "a_leftImg8bit.PNG"
+    assert output_name("a", ".jpg") == "a.png"
+    assert output_name("a", None) == "a.png" and output_name("", ".png") == ".png"
+
+
+def test_refine_failure_keeps_finished_images_and_resumes(tmp_path):
+    """A bad image stops the run with its name; the images before it are complete files (no temp
+    files), .progress lists those whose write was confirmed (at most two wait for their write),
+    and the rerun redoes only the rest."""
+    ckpt, _ = _perturbed_checkpoint("cut", tmp_path / "final.pt")
+    src = tmp_path / "plain"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for name in "abce":  # c (its write still running when d fails) large enough to take a while
+        size = (192, 288, 3) if name == "c" else (32, 48, 3)
+        Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(src / f"{name}.png")
+    (src / "d.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="d.png"):
+        refine(ckpt, src, out, device="cpu", show_progress=False)
+    assert (out / ".progress").read_text().splitlines() == [sha256(ckpt), "a"]
+    assert sorted(p.name for p in out.iterdir()) == [".progress", "a.png", "b.png", "c.png"]
+    for name, size in zip("abc", ((48, 32), (48, 32), (288, 192))):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size == size
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(src / "d.png")
+    res = refine(ckpt, src, out, device="cpu", show_progress=False)
+    assert (res.written, res.skipped) == (4, 1)
+
+
+def test_refine_checkpoint_errors_name_the_file(tmp_path):
+    ckpt, _ = _perturbed_checkpoint("cut", tmp_path / "final.pt")
+    src = tmp_path / "plain"
+    src.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(src / "a.png")
+    saved = torch.load(ckpt, weights_only=True)
+    arch = dict(saved, arch={**saved["arch"], "model.ngf": 16})
+    torch.save(arch, tmp_path / "odd_arch.pt")
+    with pytest.raises(ConfigError, match="odd_arch.pt"):
+        refine(tmp_path / "odd_arch.pt", src, tmp_path / "o1", device="cpu", show_progress=False)
+    config = dict(saved, config={**saved["config"], "refine": {**saved["config"]["refine"], "tile_overlap": 2.0}})
+    torch.save(config, tmp_path / "bad_config.pt")
+    with pytest.raises(CheckpointError, match="bad_config.pt"):
+        refine(tmp_path / "bad_config.pt", src, tmp_path / "o2", device="cpu", show_progress=False)
