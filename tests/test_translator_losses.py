@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -408,3 +409,211 @@ def test_fused_contrastive_losses_run_in_float32_under_autocast():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         (grad,) = torch.autograd.grad(got.sum(), q)
         assert grad.dtype == torch.bfloat16 and grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- boundaries, defaults, errors
+def _np_patchnce(q: torch.Tensor, k: torch.Tensor, tau: float, batch_size: int) -> np.ndarray:
+    """CUT's PatchNCE (module docstring) in float64 numpy: -log e^{pos} / (e^{pos} + sum_j e^{s_ij}),
+    s_ii = -10, per image."""
+    q, k = q.double().numpy(), k.double().numpy()
+    out = []
+    for qb, kb in zip(np.split(q, batch_size), np.split(k, batch_size)):
+        s = qb @ kb.T
+        pos = np.diag(s).copy()
+        np.fill_diagonal(s, -10.0)
+        out.append(np.logaddexp(pos / tau, np.logaddexp.reduce(s / tau, axis=1)) - pos / tau)
+    return np.concatenate(out)
+
+
+def _np_hdce(q: torch.Tensor, k: torch.Tensor, w: np.ndarray | None, tau: float, batch_size: int,
+             form: str) -> np.ndarray:
+    """Decoupled NCE (hdce docstring) in float64 numpy: logsumexp_j z_ij - s_ii / tau with z_ii = -10 / tau."""
+    q, k = q.double().numpy(), k.double().numpy()
+    out = []
+    for b, (qb, kb) in enumerate(zip(np.split(q, batch_size), np.split(k, batch_size))):
+        s = qb @ kb.T
+        pos = np.diag(s).copy() / tau
+        if w is None:
+            z = s / tau
+        else:
+            wb = np.asarray(w[b if len(w) > 1 else 0], dtype=np.float64)
+            with np.errstate(divide="ignore"):
+                z = wb * s / tau if form == "src" else s / tau + np.log(wb)
+        np.fill_diagonal(z, -10.0 / tau)
+        out.append(np.logaddexp.reduce(z, axis=1) - pos)
+    return np.concatenate(out)
+
+
+def test_contrastive_defaults_are_tau_007_and_one_image():
+    """Defaults of the fused losses and their references: tau = 0.07, batch_size = 1, form = "src"
+    (5 patches: a batch default of 2 could not split them)."""
+    q, k = _feats(5, 4, 20), _feats(5, 4, 21)
+    want_nce = _np_patchnce(q, k, 0.07, 1)
+    np.testing.assert_allclose(patchnce_loss(q, k).double().numpy(), want_nce, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(patchnce_loss_reference(q, k).double().numpy(), want_nce, rtol=1e-5, atol=1e-5)
+    w = hdce_weights(k, 0.5)
+    want_hdce = _np_hdce(q, k, w.numpy(), 0.07, 1, "src")
+    np.testing.assert_allclose(hdce_loss(q, k, w).double().numpy(), want_hdce, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hdce_loss_reference(q, k, w).double().numpy(), want_hdce, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.5, 3.0])
+def test_masked_self_term_counts_at_large_tau(tau):
+    """At large tau the masked self term exp(-10 / tau) is a visible share of the denominator: the
+    fused losses must add exactly exp(-10 / tau) for it (float64, written-out formulas)."""
+    g = torch.Generator().manual_seed(22)
+    batch, p = 2, 4
+    q = l2_normalize(torch.randn(batch * p, 3, generator=g, dtype=torch.float64))
+    k = l2_normalize(torch.randn(batch * p, 3, generator=g, dtype=torch.float64))
+    w = hdce_weights(k, 0.5, batch)
+    np.testing.assert_allclose(patchnce_loss(q, k, tau, batch).numpy(), _np_patchnce(q, k, tau, batch),
+                               rtol=1e-12, atol=1e-12)
+    for form in ("src", "paper"):
+        for weights in (None, w):
+            want = _np_hdce(q, k, None if weights is None else weights.numpy(), tau, batch, form)
+            np.testing.assert_allclose(hdce_loss(q, k, weights, tau, batch, form).numpy(), want,
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_fused_losses_stay_finite_when_every_logit_is_far_below_zero():
+    """Every key anti-aligned with every query (s_ij = -1) at tau = 1e-3: all real logits are -1000,
+    far below 0 but above the mask (-10000). Exactly, PatchNCE = log P and hDCE = log(P - 1); the
+    fused losses must shift by the largest real logit (not the mask), or everything underflows."""
+    q = torch.tensor([[1.0, 0.0]] * 3, dtype=torch.float64)
+    k = -q
+    tau = 1e-3
+    np.testing.assert_allclose(patchnce_loss(q, k, tau).numpy(), [math.log(3)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(hdce_loss(q, k, None, tau).numpy(), [math.log(2)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(_np_patchnce(q, k, tau, 1), [math.log(3)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(_np_hdce(q, k, None, tau, 1, "src"), [math.log(2)] * 3, rtol=1e-12)
+
+
+def test_hdce_two_patches_is_the_minimum():
+    """P = 2 (one positive, one negative) is valid: w = [[0, 1], [1, 0]] and l_i = (s_ij - s_ii) / tau
+    (src form, weight 1); P = 1 is rejected by every hDCE entry point."""
+    q, k, tau = _feats(2, 3, 23), _feats(2, 3, 24), 0.3
+    w = hdce_weights(k, 0.5)
+    torch.testing.assert_close(w, torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+    s = (q.double() @ k.double().T).numpy()
+    want = [(s[0, 1] - s[0, 0]) / tau, (s[1, 0] - s[1, 1]) / tau]
+    for fn in (hdce_loss, hdce_loss_reference):
+        np.testing.assert_allclose(fn(q, k, w, tau).double().numpy(), want, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"^hDCE needs at least 2 patches per image \(one positive, >= 1 negative\)$"):
+            fn(_feats(2, 3, 0), _feats(2, 3, 1), None, tau, 2)
+    with pytest.raises(ValueError, match=r"^hDCE needs at least 2 patches per image \(one positive, >= 1 negative\)$"):
+        hdce_weights(_feats(2, 3, 1), 0.5, batch_size=2)
+
+
+def test_hdce_weights_validation_and_dtype():
+    k = _feats(8, 4, 25)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"gamma must be positive, got {bad}"):
+            hdce_weights(k, bad)
+    for dtype in (torch.float64, torch.bfloat16):
+        w = hdce_weights(k.to(dtype), 0.5, 2)
+        assert w.dtype == dtype
+        torch.testing.assert_close(w, hdce_weights(k.to(dtype).float(), 0.5, 2).to(dtype), rtol=0, atol=0)
+
+
+def test_hdce_rejects_misshaped_weights():
+    q, k = _feats(8, 4, 26), _feats(8, 4, 27)
+    for shape in [(3, 4, 4), (4, 4), (1, 1, 4, 4), (2, 4, 5), (2, 5, 4)]:
+        for fn in (hdce_loss, hdce_loss_reference):
+            with pytest.raises(ValueError, match=re.escape(f"hDCE weights must be (2 or 1, 4, 4) (from "
+                                                           f"hdce_weights); got {shape}")):
+                fn(q, k, torch.ones(shape), 0.07, 2)
+
+
+def test_hdce_weights_are_cast_to_the_feature_dtype():
+    """Weights given in bf16 act as their float32 values: the paper form's log w is taken in the
+    features' precision, not in bf16."""
+    q, k = _feats(8, 4, 28), _feats(8, 4, 29)
+    w = hdce_weights(k, 0.3, 2).bfloat16()
+    for form in ("src", "paper"):
+        for fn in (hdce_loss, hdce_loss_reference):
+            torch.testing.assert_close(fn(q, k, w, 0.07, 2, form), fn(q, k, w.float(), 0.07, 2, form),
+                                       rtol=0, atol=0)
+            np.testing.assert_allclose(fn(q.double(), k.double(), w, 0.07, 2, form).numpy(),
+                                       _np_hdce(q, k, w.float().numpy(), 0.07, 2, form), rtol=1e-12, atol=1e-12)
+
+
+def test_hdce_reference_rejects_unknown_form():
+    with pytest.raises(ValueError, match=r"hDCE form must be one of \('src', 'paper'\), got 'SRC'"):
+        hdce_loss_reference(_feats(4, 3, 0), _feats(4, 3, 1), form="SRC")
+
+
+def test_hdce_gamma_boundaries():
+    # total_epochs must be positive (0 rejected, 1 accepted)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"total_epochs must be positive, got {bad}"):
+            hdce_gamma(1, bad)
+    assert hdce_gamma(0.5, 1, gamma_start=50, gamma_end=10) == pytest.approx(30)
+    # the step applies strictly after step_epoch
+    assert hdce_gamma(200, 400, gamma_start=50, gamma_end=10, step_epoch=200) == pytest.approx(30)
+    assert hdce_gamma(200.5, 400, gamma_start=50, gamma_end=10, step_epoch=200, step_gamma=2) == 2.0
+
+
+def test_contrastive_inputs_are_checked():
+    q = _feats(6, 4, 30)
+    for fn in (patchnce_loss, patchnce_loss_reference, hdce_loss, hdce_loss_reference):
+        with pytest.raises(TypeError, match=re.escape("contrastive losses take one layer's (B*P, C) tensors; "
+                                                      "loop over the layers of PatchSampleF's output (got list)")):
+            fn([q], q)
+        if fn in (patchnce_loss, hdce_loss):  # the references detach the key before checking
+            with pytest.raises(TypeError, match=re.escape("(B*P, C) tensors; loop over the layers of "
+                                                          "PatchSampleF's output (got Tensor)")):
+                fn(q, [q])
+        with pytest.raises(ValueError, match=re.escape("feat_q and feat_k must both be (B*P, C); got (6, 4) "
+                                                       "and (6, 5)")):
+            fn(q, _feats(6, 5, 31))
+        with pytest.raises(ValueError, match=re.escape("feat_q and feat_k must both be (B*P, C); got (2, 3, 4) "
+                                                       "and (2, 3, 4)")):
+            fn(q.reshape(2, 3, 4), q.reshape(2, 3, 4))
+
+
+def test_full_precision_inputs_follow_the_first_tensor():
+    """The first tensor (the queries) decides the precision: half/bf16 -> float32, float64 stays."""
+    from translators.losses.patchnce import full_precision_inputs
+    a16, a64 = torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float64)
+    assert [t.dtype for t in full_precision_inputs(a16, a64)] == [torch.float32, torch.float32]
+    assert [t.dtype for t in full_precision_inputs(a64, a16)] == [torch.float64, torch.float64]
+    assert [t.dtype for t in full_precision_inputs(a16.half())] == [torch.float32]
+    q, k = _feats(6, 4, 32), _feats(6, 4, 33)
+    assert patchnce_loss(q.bfloat16(), k.double()).dtype == torch.float32
+    assert hdce_loss(q.double(), k.bfloat16()).dtype == torch.float64
+
+
+def test_references_build_their_masks_on_the_inputs_device():
+    """The reference losses and median_distance create their index/mask tensors on the inputs'
+    device, not on the default device (checked with a meta default device and CPU inputs)."""
+    from translators.losses import median_distance
+    q, k = _feats(6, 4, 34), _feats(6, 4, 35)
+    want = (patchnce_loss_reference(q, k, 0.07, 2), hdce_loss_reference(q, k, None, 0.07, 2),
+            median_distance(q))
+    with torch.device("meta"):
+        got = (patchnce_loss_reference(q, k, 0.07, 2), hdce_loss_reference(q, k, None, 0.07, 2),
+               median_distance(q))
+    for a, b in zip(got, want):
+        assert a.device.type == "cpu"
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_median_distance_is_the_all_pairs_median():
+    """7 rows -> 21 (odd) pairs, so the median is one of the distances; (G, N, D) gives one per group;
+    detached; clamped at 1e-6 for identical rows."""
+    from translators.losses import median_distance
+    g = torch.Generator().manual_seed(36)
+    x = 0.1 * torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    want = [np.median([np.linalg.norm(v[i] - v[j]) for i in range(7) for j in range(i + 1, 7)])
+            for v in x.numpy()]
+    assert max(want) < 1.0
+    got = median_distance(x.requires_grad_(True))
+    assert got.shape == (3,) and not got.requires_grad
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    for i in range(3):
+        single = median_distance(x[i])
+        assert single.shape == () and not single.requires_grad
+        assert float(single) == pytest.approx(want[i], rel=1e-12)
+    same = torch.ones(5, 3)
+    assert float(median_distance(same)) == pytest.approx(1e-6, rel=1e-6)
+    np.testing.assert_allclose(median_distance(torch.ones(2, 5, 3)).numpy(), [1e-6, 1e-6], rtol=1e-6)

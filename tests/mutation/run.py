@@ -172,7 +172,7 @@ def score(spec: dict, results: dict[str, dict[str, str]]) -> list[ModuleScore]:
 def mutant_key(name: str, diff: str) -> tuple[str, str]:
     """What identifies a mutant across runs: its function and its mutated line(s). mutmut's
     numbering (``x_f__mutmut_7``) shifts whenever the function changes."""
-    function = name.split("__mutmut_")[0].replace(".x_", ".").replace("ǁ", ".")
+    function = name.split("__mutmut_")[0].replace(".x_", ".").replace(".xǁ", ".").replace("ǁ", ".")
     plus = " / ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+"))
     return function, plus
 
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         recorded = root / "sources.json"
         again = None  # mutants to test again; None: all of them, in a fresh copy
         if not args.fresh and recorded.is_file() and json.loads(recorded.read_text()) == sources:
-            again = [n for n, r in read_results(root).items() if r["status"] not in ("killed", "timeout")]
+            again = [n for n, r in read_results(root).items()
+                     if r["status"] not in ("killed", "timeout") and not on_ignored_line(spec, r["diff"])]
             if not again:
                 log.info("mutation: group %s unchanged and every mutant killed", name)
                 continue
