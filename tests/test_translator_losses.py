@@ -300,6 +300,13 @@ def test_lsgan_loss_targets_and_lists():
     assert float(lsgan_loss(pred, True)) == pytest.approx((1 + 0 + 1 + 4) / 4)
     assert float(lsgan_loss(pred, False)) == pytest.approx((0 + 1 + 4 + 1) / 4)
     assert float(lsgan_loss([pred, torch.ones(3)], True)) == pytest.approx(0.75)
+    # real and fake targets must differ on scores whose squared distances to 1 and 0 differ in sum
+    scores = torch.tensor([0.25, 0.5, 3.0])
+    assert float(lsgan_loss(scores, True)) == pytest.approx((0.5625 + 0.25 + 4.0) / 3)
+    assert float(lsgan_loss(scores, False)) == pytest.approx((0.0625 + 0.25 + 9.0) / 3)
+    assert float(lsgan_loss([scores, pred], False)) == pytest.approx(((0.0625 + 0.25 + 9.0) / 3 + 1.5) / 2)
+    with pytest.raises(ValueError, match="^lsgan_loss got an empty list of predictions$"):
+        lsgan_loss([], True)
 
 
 def test_rsmi_batched_matches_single_calls():
