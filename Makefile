@@ -42,7 +42,7 @@ GROUPS ?=
 mutation: $(STAMP)
 	$(BIN)/python -c "import importlib.metadata as m; assert m.version('mutmut') == '$(MUTMUT:mutmut==%=%)'" 2>/dev/null \
 	  || $(BIN)/pip install "$(MUTMUT)"
-	$(BIN)/python tests/mutation/run.py --workers $(CORES) $(if $(GROUPS),--only $(GROUPS))
+	$(BIN)/python tests/mutation/run.py $(if $(GROUPS),--only $(GROUPS))
 
 data: $(STAMP)
 	$(BIN)/python -m domains.minicity --out data/raw/minicity
