@@ -87,6 +87,7 @@ def test_rounds_rule_measures_from_the_best_round_not_the_previous_one():
 def test_round_decisions_are_recorded_in_full():
     """Every field of the record (it becomes the rounds CSV's decision columns), per branch."""
     assert decide(0, [40.0], 3, 0.5, False) == RoundDecision(0, 40.0, None, None, False, "single-round method")
+    assert decide(1, [40.0, 41.0], 3, 0.5, False) == RoundDecision(1, 41.0, 40.0, 1.0, False, "single-round method")
     assert decide(2, [40.0, 41.0, 43.0], 2, 0.5, True) == RoundDecision(
         2, 43.0, 41.0, 2.0, False, "reached rounds.max=2")
     nan = decide(1, [40.0, math.nan], 3, 0.5, True)
