@@ -1,25 +1,29 @@
 """``python -m segmenters pseudolabel``: offline pseudo-labels for a target split from a ``final.pth``.
 
-Rule ``bdl`` (BDL ``SSL.py``, reference/translators.md 7.3): softmax probabilities are upsampled
-(bilinear) from the inference size to the image's native size; per pixel label = argmax,
-confidence = max-probability. For each class c, threshold_c = the median (``--percentile 50``)
-of the confidences of all pixels of the split predicted as c, capped at ``--cap 0.9``; 0 if c is
-never predicted. A pixel keeps its label iff confidence >= threshold of its predicted class,
+Rule ``bdl`` (BDL's ``SSL.py``): softmax probabilities are upsampled (bilinear) from the inference
+size to the image's native size; per pixel label = argmax, confidence = max-probability. For each
+class c, threshold_c = SSL.py's median ``x[int(np.round(n * 0.5))]`` (``--percentile 50``) of the
+sorted confidences x of the n pixels of the split predicted as c, capped at ``--cap 0.9``; 0 if c
+is never predicted. A pixel keeps its label iff confidence >= threshold of its predicted class,
 otherwise it becomes 255 (ignore). Rule ``fixed``: one threshold ``--threshold t`` for all classes.
 
-Streaming-histogram design (bounded memory for any dataset size; BDL's own script holds two
-float64 (N, 512, 1024) arrays, ~25 GB for Cityscapes train):
+Exact thresholds in bounded memory (BDL's own script holds two float64 (N, 512, 1024) arrays,
+~25 GB for Cityscapes train):
 
 - ONE model pass. Each image's argmax is written as a provisional PNG and its max-probability map
   (float16) into ``confidences.h5`` -- the output the contract asks for anyway, which doubles as
-  the on-disk cache. Per class, a histogram of confidences with ``--bins`` (default 10,000)
-  equal bins on [0, 1] is accumulated (19 x 10,000 int64 = 1.5 MB). The histogram is built from
-  the float16-rounded values actually stored, so thresholds and the keep test see the same numbers.
-- The per-class quantile is read from the cumulative histogram with linear interpolation inside
-  the bin that holds it: error <= one bin width (1e-4 with 10,000 bins), well below float16's
-  own resolution near 0.9 (4.9e-4).
+  the on-disk cache. Per class, the stored float16 confidences are counted per float16 value:
+  non-negative float16 numbers are ordered like their 16-bit codes, and [0, 1] holds 15,361 of
+  them, so a (C, 15,361) int64 table (2.3 MB for 19 classes) is the exact sorted multiset.
+- The threshold is SSL.py's order statistic ``x[int(np.round(n * q))]`` of the class's sorted
+  confidences (q = 0.5: the upper median for even n; ``np.round`` rounds halves to even, so n = 3
+  takes the largest value), read from the cumulative counts; an index of n (q near 1) is clamped to
+  n - 1 where SSL.py would fail. It is exact on the stored float16 values: as rounding is
+  monotone, it equals the float16 rounding of SSL.py's float32 threshold, and the keep test
+  compares the same stored values (a pixel within float16 rounding below SSL.py's threshold can be
+  kept; documented in docs, tested on hand-made cases against a brute-force SSL.py rule).
 - Pass 2 (no model) re-reads each provisional PNG and its confidence map, applies the
-  thresholds and overwrites the PNG. Memory: one image at native size + the histograms.
+  thresholds and overwrites the PNG. Memory: one image at native size + the count table.
 
 Outputs, written into ``.<out>.tmp-<pid>`` and renamed to ``--out`` when complete:
 ``<stem>.png`` (uint8 trainIds, 255 ignore, native image size; stems keep sub-folders),
@@ -50,51 +54,68 @@ logger = logging.getLogger(__name__)
 
 CONFIDENCES = "confidences.h5"
 META = "meta.json"
-DEFAULT_BINS = 10_000
 
 
 # --------------------------------------------------------------------------- pure functions
-def accumulate_histograms(hist: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """Add one image to the per-class confidence histograms ``hist`` (C, B) in place (and return it).
+#: float16 1.0 as a 16-bit code (0x3C00): codes 0..F16_ONE are the float16 values in [0, 1], in order
+F16_ONE = int(np.array(1.0, dtype=np.float16).view(np.uint16))
+#: columns of the per-class count table: one per float16 value in [0, 1]
+CODES = F16_ONE + 1
 
-    ``pred`` holds class indices, ``conf`` the max-probabilities in [0, 1]; a confidence falls in
-    bin ``min(floor(conf * B), B - 1)``.
-    """
-    num_classes, bins = hist.shape
+
+def empty_counts(num_classes: int) -> np.ndarray:
+    """A zero (num_classes, CODES) count table for :func:`accumulate_counts`."""
+    return np.zeros((num_classes, CODES), dtype=np.int64)
+
+
+def accumulate_counts(counts: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """Add one image to the per-class counts of float16 confidences ``counts`` (C, CODES) in place
+    (and return it). ``pred`` holds class indices, ``conf`` the max-probabilities in [0, 1]; each is
+    rounded to float16 (what confidences.h5 stores) and counted under its 16-bit code."""
+    num_classes = counts.shape[0]
     pred = np.asarray(pred).ravel().astype(np.int64)
-    conf = np.asarray(conf, dtype=np.float64).ravel()
-    b = np.clip((conf * bins).astype(np.int64), 0, bins - 1)
-    hist += np.bincount(pred * bins + b, minlength=num_classes * bins).reshape(num_classes, bins)
-    return hist
+    conf16 = np.asarray(conf).astype(np.float16).ravel()
+    if not np.all((conf16 >= 0) & (conf16 <= 1)):     # NaN fails both comparisons
+        bad = conf16[~((conf16 >= 0) & (conf16 <= 1))][0]
+        raise ValueError(f"confidence {bad} is not a probability in [0, 1]: the model's outputs are not finite "
+                         "or not a softmax")
+    codes = conf16.view(np.uint16).astype(np.int64)
+    counts += np.bincount(pred * CODES + codes, minlength=num_classes * CODES).reshape(num_classes, CODES)
+    return counts
 
 
-def histogram_quantiles(hist: np.ndarray, q: float = 0.5) -> np.ndarray:
-    """Per-class ``q``-quantile (0 < q <= 1) of the values binned in ``hist`` (C, B) on [0, 1],
-    linearly interpolated inside the bin that holds it; 0 for classes with no values."""
+def order_statistic_index(n: int, q: float) -> int:
+    """SSL.py's index into the ascending confidences of a class with ``n`` pixels:
+    ``int(np.round(n * q))`` (halves round to even), clamped to ``n - 1``."""
+    return min(int(np.round(n * q)), n - 1)
+
+
+def class_order_statistics(counts: np.ndarray, q: float = 0.5) -> np.ndarray:
+    """Per class, the value ``x[order_statistic_index(n, q)]`` of its sorted float16 confidences
+    counted in ``counts`` (C, CODES); 0 for classes with no pixels. ``q`` in (0, 1]."""
     if not 0.0 < q <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {q}")
-    num_classes, bins = hist.shape
+    num_classes = counts.shape[0]
     out = np.zeros(num_classes, dtype=np.float64)
     for c in range(num_classes):          # loop over classes, not pixels
-        total = hist[c].sum()
-        if total == 0:
+        n = int(counts[c].sum())
+        if n == 0:
             continue
-        cum = np.cumsum(hist[c])
-        target = q * total
-        k = int(np.searchsorted(cum, target, side="left"))   # first bin whose cumulative count reaches target
-        before = cum[k - 1] if k > 0 else 0
-        out[c] = (k + (target - before) / hist[c, k]) / bins
+        k = order_statistic_index(n, q)
+        code = int(np.searchsorted(np.cumsum(counts[c]), k, side="right"))   # first code with > k values <= it
+        out[c] = float(np.array(code, dtype=np.uint16).view(np.float16))
     return out
 
 
-def class_thresholds(hist: np.ndarray, rule: str = "bdl", percentile: float = 50.0, cap: float = 0.9,
+def class_thresholds(counts: np.ndarray, rule: str = "bdl", percentile: float = 50.0, cap: float = 0.9,
                      threshold: float = 0.9) -> np.ndarray:
-    """Per-class keep thresholds: ``bdl`` = min(percentile of the class's confidences, cap), 0 for a
-    class never predicted; ``fixed`` = ``threshold`` for every class."""
+    """Per-class keep thresholds from the counts of :func:`accumulate_counts`: ``bdl`` = min(SSL.py's
+    order statistic at ``percentile``, cap), 0 for a class never predicted; ``fixed`` = ``threshold``
+    for every class."""
     if rule == "bdl":
-        return np.minimum(histogram_quantiles(hist, percentile / 100.0), cap)
+        return np.minimum(class_order_statistics(counts, percentile / 100.0), cap)
     if rule == "fixed":
-        return np.full(hist.shape[0], float(threshold))
+        return np.full(counts.shape[0], float(threshold))
     raise ValueError(f"unknown pseudo-label rule {rule!r}; use 'bdl' or 'fixed'")
 
 
@@ -111,15 +132,15 @@ def _soft_size(size_hw: Sequence[int], scale: float) -> tuple[int, int]:
     return max(1, int(round(size_hw[0] * scale))), max(1, int(round(size_hw[1] * scale)))
 
 
-def predict_pass(segmenter, samples: Sequence[Sample], work: Path, bins: int = DEFAULT_BINS,
-                 soft_scale: float | None = None, batch_size: int = 1, workers: int = 0) -> np.ndarray:
-    """Pass 1: provisional argmax PNGs + confidences.h5 in ``work``; returns the (C, bins) histograms."""
+def predict_pass(segmenter, samples: Sequence[Sample], work: Path, soft_scale: float | None = None,
+                 batch_size: int = 1, workers: int = 0) -> np.ndarray:
+    """Pass 1: provisional argmax PNGs + confidences.h5 in ``work``; returns the (C, CODES) counts."""
     import h5py
 
     num_classes = int(segmenter.num_classes)
     if num_classes > 255:
         raise ValueError(f"{num_classes} classes do not fit uint8 pseudo-label PNGs")
-    hist = np.zeros((num_classes, bins), dtype=np.int64)
+    counts = empty_counts(num_classes)
     dataset = InferenceSet([s.image for s in samples], segmenter.test_scale)
     with h5py.File(work / CONFIDENCES, "w") as h5:
         h5.attrs["num_classes"] = num_classes
@@ -140,8 +161,8 @@ def predict_pass(segmenter, samples: Sequence[Sample], work: Path, bins: int = D
                     soft = resize_maps(probs[i:i + 1], _soft_size(size, soft_scale))[0]
                     h5.create_dataset(f"soft/{stem}", data=soft.cpu().numpy().astype(np.float16),
                                       compression="lzf", shuffle=True)
-                accumulate_histograms(hist, pred, conf)
-    return hist
+                accumulate_counts(counts, pred, conf)
+    return counts
 
 
 def threshold_pass(samples: Sequence[Sample], work: Path, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,18 +218,18 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = "bdl", threshold: float = 0.9,
-             percentile: float = 50.0, cap: float = 0.9, bins: int = DEFAULT_BINS, soft_scale: float | None = None,
+             percentile: float = 50.0, cap: float = 0.9, soft_scale: float | None = None,
              batch_size: int = 1, workers: int = 0, extra_meta: dict | None = None) -> dict:
     """Write a complete pseudo-label folder at ``out`` (atomically); returns its meta.json content."""
     if rule not in ("bdl", "fixed"):
         raise ValueError(f"unknown pseudo-label rule {rule!r}; use 'bdl' or 'fixed'")
-    if bins < 2:
-        raise ValueError(f"--bins must be >= 2, got {bins}")
+    if rule == "bdl" and not 0.0 < percentile <= 100.0:
+        raise ValueError(f"--percentile must be in (0, 100], got {percentile}")
     if soft_scale is not None and not 0.0 < soft_scale <= 1.0:
         raise ValueError(f"--soft-scale must be in (0, 1], got {soft_scale}")
     with staged_output_dir(Path(out)) as work:
-        hist = predict_pass(segmenter, samples, work, bins, soft_scale, batch_size, workers)
-        thresholds = class_thresholds(hist, rule, percentile, cap, threshold)
+        counts = predict_pass(segmenter, samples, work, soft_scale, batch_size, workers)
+        thresholds = class_thresholds(counts, rule, percentile, cap, threshold)
         predicted, kept = threshold_pass(samples, work, thresholds)
         num_classes = thresholds.shape[0]
         names = class_names(num_classes)
@@ -218,9 +239,9 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
             "percentile": percentile if rule == "bdl" else None,
             "cap": cap if rule == "bdl" else None,
             "threshold": threshold if rule == "fixed" else None,
-            "thresholds": dict(zip(names, thresholds.round(6).tolist())),
-            "histogram_bins": bins,
-            "threshold_resolution": 1.0 / bins,
+            "thresholds": dict(zip(names, thresholds.tolist())),   # float16 values, exact in JSON
+            "threshold_statistic": ("x[int(np.round(n * percentile / 100))] of the class's n sorted float16 "
+                                    "confidences, capped (BDL SSL.py)") if rule == "bdl" else None,
             "confidence_dtype": "float16",
             "soft_scale": soft_scale,
             "num_images": len(samples),
@@ -246,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.9, help="keep threshold of --rule fixed")
     p.add_argument("--percentile", type=float, default=50.0, help="per-class percentile of --rule bdl (BDL: 50)")
     p.add_argument("--cap", type=float, default=0.9, help="upper bound of the per-class thresholds (BDL: 0.9)")
-    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="histogram bins on [0, 1] (resolution 1/bins)")
     p.add_argument("--soft-scale", type=float, default=None,
                    help="also store softmax probabilities at this fraction of the native size (float16)")
     p.add_argument("--batch-size", type=int, default=1)
@@ -275,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
                 args.checkpoint, args.rule)
     ckpt_meta = {k: segmenter.meta.get(k) for k in ("arch", "preset", "uda", "iter", "test_scale")}
     meta = generate(segmenter, samples, args.out, rule=args.rule, threshold=args.threshold,
-                    percentile=args.percentile, cap=args.cap, bins=args.bins, soft_scale=args.soft_scale,
+                    percentile=args.percentile, cap=args.cap, soft_scale=args.soft_scale,
                     batch_size=args.batch_size, workers=args.workers,
                     extra_meta={"checkpoint": str(args.checkpoint), "checkpoint_meta": ckpt_meta,
                                 "target": str(args.target), "split": args.split})

@@ -1,4 +1,4 @@
-"""Pseudo-labels: streaming-histogram thresholds vs brute force, BDL's cap, and the CLI's outputs."""
+"""Pseudo-labels: exact SSL.py thresholds from float16 counts vs brute force, BDL's cap, and the CLI's outputs."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segmenters.pseudolabel import (accumulate_histograms, apply_thresholds, class_thresholds,
-                                    histogram_quantiles)
+from segmenters.pseudolabel import (CODES, accumulate_counts, apply_thresholds, class_order_statistics,
+                                    class_thresholds, empty_counts, order_statistic_index)
+
+
+def ssl_threshold(values: np.ndarray, q: float = 0.5) -> float:
+    """BDL SSL.py's per-class threshold written out by sorting: ``x[int(np.round(len(x) * q))]`` of the
+    ascending values (clamped to the last one, where SSL.py would raise IndexError); 0 without values."""
+    x = np.sort(np.asarray(values).ravel())
+    if len(x) == 0:
+        return 0.0
+    return float(x[min(int(np.round(len(x) * q)), len(x) - 1)])
 
 
 def _fake_predictions(rng, n=6, shape=(37, 53), num_classes=5):
@@ -25,39 +34,80 @@ def _fake_predictions(rng, n=6, shape=(37, 53), num_classes=5):
     return preds, confs
 
 
-def test_histogram_median_matches_brute_force():
+def test_order_statistics_equal_ssl_brute_force():
+    """Random float16 confidences of 5 classes (one never predicted, one with a single pixel): the
+    thresholds read from the counts are exactly SSL.py's sorted-array values at several percentiles."""
     rng = np.random.default_rng(0)
     preds, confs = _fake_predictions(rng)
-    hist = np.zeros((5, 10_000), np.int64)
+    preds[0][0, 0], preds[0][0, 1] = 4, 4          # class 4: exactly two pixels (upper median of an even n)
+    counts = empty_counts(5)
     for pred, conf in zip(preds, confs):
-        accumulate_histograms(hist, pred, conf)
+        accumulate_counts(counts, pred, conf)
     all_pred = np.concatenate([p.ravel() for p in preds])
-    all_conf = np.concatenate([c.ravel() for c in confs]).astype(np.float64)
-    assert hist.sum() == all_pred.size
-    med = histogram_quantiles(hist, 0.5)
-    for c in range(4):
-        assert med[c] == pytest.approx(np.median(all_conf[all_pred == c]), abs=1e-3)
-        assert med[c] == pytest.approx(np.quantile(all_conf[all_pred == c], 0.5), abs=2e-4)
-        assert histogram_quantiles(hist, 0.3)[c] == pytest.approx(np.quantile(all_conf[all_pred == c], 0.3),
-                                                                  abs=2e-4)
-    assert med[4] == 0.0                      # never predicted
+    all_conf = np.concatenate([c.ravel() for c in confs])
+    assert counts.shape == (5, CODES) and counts.sum() == all_pred.size
+    for q in (0.5, 0.3, 0.75, 0.999, 1.0):
+        got = class_order_statistics(counts, q)
+        expected = [ssl_threshold(all_conf[all_pred == c], q) for c in range(5)]
+        np.testing.assert_array_equal(got, expected, err_msg=f"q={q}")
+    two = np.sort(all_conf[all_pred == 4].astype(np.float64))
+    assert len(two) == 2 and class_order_statistics(counts)[4] == two[1]
 
-    thr = class_thresholds(hist, "bdl")
+    thr = class_thresholds(counts, "bdl")
+    med = class_order_statistics(counts, 0.5)
     assert thr[0] == 0.9 and thr[3] == 0.9    # medians ~0.95 / ~0.98 are capped at 0.9
-    assert thr[1] == pytest.approx(med[1]) and thr[1] < 0.9
-    assert thr[4] == 0.0
-    np.testing.assert_array_equal(class_thresholds(hist, "fixed", threshold=0.8), np.full(5, 0.8))
+    assert thr[1] == med[1] and thr[1] < 0.9
+    np.testing.assert_array_equal(class_thresholds(counts, "fixed", threshold=0.8), np.full(5, 0.8))
     with pytest.raises(ValueError, match="rule"):
-        class_thresholds(hist, "median")
+        class_thresholds(counts, "median")
 
 
-def test_histogram_edges():
-    hist = np.zeros((2, 100), np.int64)
-    accumulate_histograms(hist, np.array([0, 0, 0, 1]), np.array([1.0, 1.0, 0.0, 0.505]))
-    assert hist[0, 99] == 2 and hist[0, 0] == 1 and hist[1, 50] == 1   # 1.0 goes into the last bin
-    assert histogram_quantiles(hist, 1.0)[0] == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        histogram_quantiles(hist, 0.0)
+@pytest.mark.parametrize("values, expected_index", [
+    ([0.7], 0),                               # n = 1: round(0.5) = 0
+    ([0.7, 0.2], 1),                          # n = 2: x[1], the upper of the two
+    ([0.3, 0.9, 0.6], 2),                     # n = 3: round(1.5) = 2 (half to even): the largest value
+    ([0.4, 0.1, 0.8, 0.6], 2),                # n = 4: x[2], upper median
+    ([0.5, 0.1, 0.9, 0.3, 0.7], 2),           # n = 5: round(2.5) = 2, the true median
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 3),      # n = 6: x[3]
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], 4),  # n = 7: round(3.5) = 4, above the true median
+    ([0.5, 0.5, 0.5, 0.25], 2),               # ties: the value itself
+    ([0.0, 1.0], 1),                          # the ends of [0, 1] are counted
+])
+def test_order_statistic_hand_made_cases(values, expected_index):
+    """SSL.py's median on small classes, where the upper median, half-to-even rounding and ties decide;
+    each case also against the sorting brute force."""
+    conf = np.array(values, np.float16)
+    counts = accumulate_counts(empty_counts(2), np.zeros(len(values), np.int64), conf)
+    expected = float(np.sort(conf)[expected_index])
+    assert order_statistic_index(len(values), 0.5) == expected_index
+    assert class_order_statistics(counts)[0] == expected == ssl_threshold(conf)
+    assert class_order_statistics(counts)[1] == 0.0                    # never predicted
+
+
+def test_order_statistic_index_clamps_and_quantile_range():
+    assert order_statistic_index(4, 1.0) == 3 and order_statistic_index(1, 1.0) == 0    # SSL.py: IndexError
+    assert order_statistic_index(10, 0.3) == 3 and order_statistic_index(10, 0.25) == 2  # round(2.5) = 2
+    counts = accumulate_counts(empty_counts(1), np.zeros(3, np.int64), np.array([0.25, 0.5, 1.0]))
+    assert class_order_statistics(counts, 1.0)[0] == 1.0
+    for q in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\], got"):
+            class_order_statistics(counts, q)
+
+
+def test_accumulate_counts_rounds_to_float16_and_refuses_non_probabilities():
+    """Confidences are counted as the float16 values confidences.h5 stores (two float64 values that
+    round to one float16 share a count); NaN or values outside [0, 1] are refused, naming the value."""
+    counts = empty_counts(2)
+    a = 0.3
+    b = float(np.nextafter(np.float64(a), 1.0))                 # the same float16 as 0.3
+    accumulate_counts(counts, np.array([0, 0, 1, 1]), np.array([a, b, 0.0, 1.0]))
+    code = int(np.array(a, np.float16).view(np.uint16))
+    assert counts[0, code] == 2 and counts[0].sum() == 2
+    assert counts[1, 0] == 1 and counts[1, CODES - 1] == 1      # 0.0 and 1.0 are the first and last codes
+    assert float(np.array(CODES - 1, np.uint16).view(np.float16)) == 1.0
+    for bad in (np.nan, 1.5, -0.25):
+        with pytest.raises(ValueError, match="not a probability"):
+            accumulate_counts(empty_counts(2), np.array([0]), np.array([bad]))
 
 
 def test_apply_thresholds_keeps_confident_pixels():
@@ -68,10 +118,10 @@ def test_apply_thresholds_keeps_confident_pixels():
     # BDL keeps "top half per class, or p >= cap": the kept fraction of a class is ~50% below the cap
     rng = np.random.default_rng(1)
     preds, confs = _fake_predictions(rng, n=3)
-    hist = np.zeros((5, 10_000), np.int64)
+    counts = empty_counts(5)
     for p, c in zip(preds, confs):
-        accumulate_histograms(hist, p, c)
-    thr = class_thresholds(hist)
+        accumulate_counts(counts, p, c)
+    thr = class_thresholds(counts)
     labels = [apply_thresholds(p, c, thr) for p, c in zip(preds, confs)]
     kept = sum(np.sum(lab == 1) for lab in labels) / sum(np.sum(p == 1) for p in preds)
     assert kept == pytest.approx(0.5, abs=0.02)
@@ -124,16 +174,12 @@ def _brute_force(checkpoint, samples, soft_hw=None):
 F16_ATOL = 2.0 ** -12 + 1e-5
 
 
-def _quantile_bounds(values: np.ndarray, q: float, bins: int) -> tuple[float, float]:
-    """(value, tolerance) for the streaming per-class quantile of float16 ``values``.
-
-    The CLI's quantile lies in the histogram bin of the order statistic of rank ceil(q * n), so
-    within one bin width (1 / bins) of it; one float16 step (np.spacing) more allows for a
-    confidence that this test's own inference rounded to the neighbouring float16 value.
-    """
-    ordered = np.sort(values.astype(np.float16))
-    value = ordered[int(np.ceil(q * ordered.size)) - 1]
-    return float(value), 1.0 / bins + float(np.spacing(value)) + 1e-6   # meta rounds to 6 decimals
+def _ssl_expected(values: np.ndarray, q: float) -> tuple[float, float]:
+    """(value, tolerance) for the CLI's threshold of a class: SSL.py's order statistic of the float16
+    ``values``, within one float16 step (np.spacing) for a confidence that this test's own inference
+    rounded to the neighbouring float16 value."""
+    value = ssl_threshold(values.astype(np.float16), q)
+    return value, float(np.spacing(np.float16(value))) + 1e-9
 
 
 def test_pseudolabel_cli_outputs_and_thresholds(tiny_prepared, tiny_checkpoint, tmp_path):
@@ -168,7 +214,7 @@ def test_pseudolabel_cli_outputs_and_thresholds(tiny_prepared, tiny_checkpoint, 
         if predicted[c] == 0:
             assert thresholds[c] == 0.0
         else:
-            median, tol = _quantile_bounds(all_conf[all_pred == c], 0.5, meta["histogram_bins"])
+            median, tol = _ssl_expected(all_conf[all_pred == c], 0.5)
             expected = min(median, 0.9)
             assert thresholds[c] == pytest.approx(expected, abs=tol), CLASSES[c]
     assert meta["pixels_predicted"][CLASSES[int(np.argmax(predicted))]] == predicted.max()
@@ -226,7 +272,7 @@ def test_pseudolabel_per_class_thresholds_and_cap_of_a_known_model(tiny_prepared
 
     defaults = build_parser().parse_args(["--checkpoint", "c", "--target", "t", "--out", "o"])
     assert (defaults.rule, defaults.percentile, defaults.cap) == ("bdl", 50.0, 0.9)     # BDL SSL.py's rule
-    target, cap, bins = tiny_prepared["target"], 0.8, 10_000
+    target, cap = tiny_prepared["target"], 0.8
     samples = PreparedDataset.load(target).samples("train")
     model, scale = probe_segmenter["model"], probe_segmenter["test_scale"]
     preds, confs, softs = [], [], []
@@ -242,7 +288,7 @@ def test_pseudolabel_per_class_thresholds_and_cap_of_a_known_model(tiny_prepared
     assert set(np.flatnonzero(predicted)) == {0, 2, 10, 13}
     expected, tol = np.zeros(19), np.zeros(19)
     for c in np.flatnonzero(predicted):
-        median, tol[c] = _quantile_bounds(all_conf[all_pred == c], 0.5, bins)
+        median, tol[c] = _ssl_expected(all_conf[all_pred == c], 0.5)
         expected[c] = min(median, cap)
     capped = [c for c in range(19) if predicted[c] and expected[c] == cap]
     free = sorted({round(float(v), 3) for c, v in enumerate(expected) if predicted[c] and c not in capped})
@@ -252,7 +298,7 @@ def test_pseudolabel_per_class_thresholds_and_cap_of_a_known_model(tiny_prepared
 
     out = tmp_path / "pseudo"
     assert cli(["pseudolabel", "--checkpoint", str(probe_segmenter["path"]), "--target", str(target),
-                "--split", "train", "--out", str(out), "--cap", str(cap), "--bins", str(bins), "--soft-scale", "0.25",
+                "--split", "train", "--out", str(out), "--cap", str(cap), "--soft-scale", "0.25",
                 "--batch-size", "3", "--device", "cpu"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["cap"] == cap and meta["percentile"] == 50.0
@@ -271,7 +317,7 @@ def test_pseudolabel_per_class_thresholds_and_cap_of_a_known_model(tiny_prepared
             np.testing.assert_allclose(h5[f"soft/{s.stem}"][()].astype(np.float32), soft, rtol=0, atol=F16_ATOL)
             label = np.array(Image.open(out / f"{s.stem}.png"))
             keep = conf.astype(np.float32) >= expected[pred].astype(np.float32)
-            # near an uncapped class's threshold the streaming estimate may fall either side
+            # within a float16 step of an uncapped class's threshold this test's rounding may differ
             near = np.abs(conf.astype(np.float64) - expected[pred]) <= tol[pred]
             np.testing.assert_array_equal(label[~near], np.where(keep, pred, 255)[~near], err_msg=s.stem)
             np.testing.assert_array_equal(label[near & (label != 255)], pred[near & (label != 255)])
@@ -329,27 +375,18 @@ def test_pseudolabel_failure_leaves_nothing(tiny_prepared, tiny_checkpoint, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
-# --------------------------------------------------------------------------- hand-made histograms
-def test_histogram_quantiles_interpolate_inside_the_bin():
-    """Values are taken as spread evenly inside their bin: the q-quantile is the bin's lower edge plus
-    the share of the bin's count needed to reach q * n (4 bins of width 0.25 here)."""
-    # 4 values in bin 0 = [0, 0.25): the median is the middle of that bin (no bin before it)
-    assert histogram_quantiles(np.array([[4, 0, 0, 0]]), 0.5)[0] == pytest.approx(0.125)
-    # 2 values in bin 0, 2 in bin 1: the 75% point is half-way through bin 1 -> 0.25 + 0.5 * 0.25
-    assert histogram_quantiles(np.array([[2, 2, 0, 0]]), 0.75)[0] == pytest.approx(0.375)
-    # the default quantile is the median: 2 + 2 values in bins 1 and 2 -> the boundary between them
-    np.testing.assert_allclose(histogram_quantiles(np.array([[0, 2, 2, 0], [0, 0, 0, 0]])), [0.5, 0.0])
-    with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\], got 1.5"):
-        histogram_quantiles(np.array([[2, 2, 0, 0]]), 1.5)
-
-
+# --------------------------------------------------------------------------- hand-made counts
 def test_class_thresholds_defaults_and_percentile():
-    hist = np.array([[2, 2, 0, 0], [0, 0, 0, 4], [0, 0, 0, 0]])
+    counts = empty_counts(3)
+    accumulate_counts(counts, np.array([0, 0, 0, 0, 1, 1]), np.array([0.125, 0.25, 0.375, 0.5, 0.9375, 0.96875]))
     # fixed rule: 0.9 for every class unless told otherwise
-    np.testing.assert_array_equal(class_thresholds(hist, "fixed"), [0.9, 0.9, 0.9])
-    # bdl at the 75th percentile: class 0 as above (0.375); class 1 (all in bin 3) 0.9375, capped at 0.9
-    np.testing.assert_allclose(class_thresholds(hist, "bdl", percentile=75.0), [0.375, 0.9, 0.0])
-    np.testing.assert_allclose(class_thresholds(hist, "bdl", percentile=75.0, cap=0.95), [0.375, 0.9375, 0.0])
+    np.testing.assert_array_equal(class_thresholds(counts, "fixed"), [0.9, 0.9, 0.9])
+    # bdl at the 75th percentile: class 0 x[round(3.0)] = 0.5; class 1 x[round(1.5)] = x[2] -> clamped x[1]
+    # = 0.96875, capped at 0.9 (or at 0.95); class 2 never predicted
+    np.testing.assert_array_equal(class_thresholds(counts, "bdl", percentile=75.0), [0.5, 0.9, 0.0])
+    np.testing.assert_array_equal(class_thresholds(counts, "bdl", percentile=75.0, cap=0.95), [0.5, 0.95, 0.0])
+    # the default percentile is SSL.py's median: x[round(2.0)] = 0.375 and x[round(1.0)] = 0.96875 -> 0.9
+    np.testing.assert_array_equal(class_thresholds(counts), [0.375, 0.9, 0.0])
 
 
 def test_apply_thresholds_at_equal_confidences():
@@ -456,8 +493,8 @@ def _labels_any(path: Path) -> list:
 
 
 def test_generate_defaults_follow_bdl(tmp_path, loader_calls):
-    """generate() with its defaults: BDL's rule (median, cap 0.9) on 10,000 bins, thresholds and kept
-    pixels worked out by hand, and the documented meta.json / confidences.h5 contents."""
+    """generate() with its defaults: BDL's rule (SSL.py's median, cap 0.9), thresholds and kept pixels
+    worked out by hand, and the documented meta.json / confidences.h5 contents."""
     import h5py
 
     from segmenters.pseudolabel import generate
@@ -467,22 +504,22 @@ def test_generate_defaults_follow_bdl(tmp_path, loader_calls):
     meta = generate(_CodedSegmenter(3, (5, 1)), samples, out)
     assert loader_calls == [(1, 0)]                     # one image at a time, decoded in-process
     assert json.loads((out / "meta.json").read_text()) == meta
-    # class 0: 9 values, median rank 4.5; bins 5000 (0.5: 4), 6250 (0.625: 3), 7500 (0.75: 2) ->
-    # bin 6250 plus 0.5 of its 3 values -> (6250 + 1/6) / 10000 = 0.62501667 (meta: 6 decimals).
-    # class 1: its one value 0.96875 -> 0.96875 (mid-bin 9687.5), capped at 0.9. class 2: 0.
-    assert meta["thresholds"] == {"class_0": 0.625017, "class_1": 0.9, "class_2": 0.0}
-    assert {k: meta[k] for k in ("rule", "percentile", "cap", "threshold", "histogram_bins", "threshold_resolution",
-                                 "confidence_dtype", "soft_scale", "num_images", "ignore_index")} == {
-        "rule": "bdl", "percentile": 50.0, "cap": 0.9, "threshold": None, "histogram_bins": 10_000,
-        "threshold_resolution": 1e-4, "confidence_dtype": "float16", "soft_scale": None, "num_images": 2,
-        "ignore_index": 255}
-    # kept: class 0 only its 0.75 pixels (2 of 9), class 1 its pixel (0.96875 >= 0.9)
-    assert _labels(out, "ab") == {"a": [255, 255, 0, 1, 255], "b": [255, 255, 0, 255, 255]}
+    # class 0: 9 sorted values 0.5 (4x), 0.625 (3x), 0.75 (2x); SSL.py's x[round(4.5)] = x[4] = 0.625
+    # (halves round to even). class 1: its one value 0.96875 (x[round(0.5)] = x[0]), capped at 0.9. class 2: 0.
+    assert meta["thresholds"] == {"class_0": 0.625, "class_1": 0.9, "class_2": 0.0}
+    assert {k: meta[k] for k in ("rule", "percentile", "cap", "threshold", "confidence_dtype", "soft_scale",
+                                 "num_images", "ignore_index")} == {
+        "rule": "bdl", "percentile": 50.0, "cap": 0.9, "threshold": None, "confidence_dtype": "float16",
+        "soft_scale": None, "num_images": 2, "ignore_index": 255}
+    assert "SSL.py" in meta["threshold_statistic"]
+    # kept: class 0 its 0.625 and 0.75 pixels (5 of 9: a confidence equal to the threshold is kept),
+    # class 1 its pixel (0.96875 >= 0.9)
+    assert _labels(out, "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
     assert meta["pixels_predicted"] == {"class_0": 9, "class_1": 1, "class_2": 0}
-    assert meta["pixels_kept"] == {"class_0": 2, "class_1": 1, "class_2": 0}
+    assert meta["pixels_kept"] == {"class_0": 5, "class_1": 1, "class_2": 0}
     assert all(type(v) is int for k in ("pixels_predicted", "pixels_kept") for v in meta[k].values())
-    assert meta["fraction_kept"] == {"class_0": 0.222222, "class_1": 1.0, "class_2": None}   # 2/9; never predicted
-    assert meta["fraction_kept_total"] == pytest.approx(0.3)
+    assert meta["fraction_kept"] == {"class_0": 0.555556, "class_1": 1.0, "class_2": None}   # 5/9; never predicted
+    assert meta["fraction_kept_total"] == pytest.approx(0.6)
     with h5py.File(out / "confidences.h5", "r") as h5:
         assert h5.attrs["num_classes"] == 3 and h5.attrs["soft_scale"] == 0.0 and "soft" not in h5
         assert "maxprob/<stem>" in _layout(h5)
@@ -540,23 +577,24 @@ def test_generate_single_pixel_split_at_full_soft_scale(tmp_path):
 
 
 def test_generate_class_count_limits(tmp_path):
-    """255 classes fit uint8 PNGs next to the ignore value 255; 256 do not. Two bins are enough."""
+    """255 classes fit uint8 PNGs next to the ignore value 255; 256 do not."""
     from segmenters.pseudolabel import generate
 
     samples = _coded_samples(tmp_path / "img", {"x": [[(254, 200)]]})
-    meta = generate(_CodedSegmenter(255, (1, 1)), samples, tmp_path / "p255", bins=2)
-    # confidence 0.78125 in bin 1 of 2: threshold = its middle, 0.75 -> kept as class 254
+    meta = generate(_CodedSegmenter(255, (1, 1)), samples, tmp_path / "p255")
+    # one pixel at 0.78125 (200 / 256): its own threshold, kept as class 254
     assert list(meta["thresholds"]) == [f"class_{c}" for c in range(255)]
-    assert meta["thresholds"]["class_254"] == 0.75 and meta["threshold_resolution"] == 0.5
+    assert meta["thresholds"]["class_254"] == 0.78125
     assert _labels_any(tmp_path / "p255" / "x.png") == [[254]]
     with pytest.raises(ValueError, match="256 classes do not fit uint8"):
-        generate(_CodedSegmenter(256, (1, 1)), samples, tmp_path / "p256", bins=2)
+        generate(_CodedSegmenter(256, (1, 1)), samples, tmp_path / "p256")
     assert not (tmp_path / "p256").exists()
 
 
 @pytest.mark.parametrize("options, message", [
     ({"rule": "median"}, "unknown pseudo-label rule 'median'"),
-    ({"bins": 1}, "--bins must be >= 2, got 1"),
+    ({"percentile": 0.0}, r"--percentile must be in \(0, 100\], got 0.0"),
+    ({"percentile": 150.0}, r"--percentile must be in \(0, 100\], got 150.0"),
     ({"soft_scale": 0.0}, r"--soft-scale must be in \(0, 1\], got 0.0"),
     ({"soft_scale": 1.5}, r"--soft-scale must be in \(0, 1\], got 1.5"),
 ])
@@ -601,16 +639,16 @@ def test_pseudolabel_cli_passes_its_options_through(coded_cli, loader_calls, tmp
 
     out = tmp_path / "pseudo"
     assert main(["--checkpoint", coded_cli["ckpt"], "--target", str(coded_cli["target"]), "--split", "train",
-                 "--out", str(out), "--percentile", "25", "--bins", "100", "--batch-size", "2", "--workers", "1",
+                 "--out", str(out), "--percentile", "75", "--batch-size", "2", "--workers", "1",
                  "--device", "cpu", "--no-amp"]) == 0
     assert coded_cli["load_calls"] == [{"path": coded_cli["ckpt"], "device": "cpu", "amp": False}]
     assert loader_calls == [(2, 1)]
     meta = json.loads((out / "meta.json").read_text())
-    assert (meta["percentile"], meta["histogram_bins"]) == (25.0, 100)
-    # class 0 on 100 bins: its 4 values at 0.5 fill bin 50, the 25% rank (2.25) lies 2.25/4 into it;
-    # class 1's only value 0.96875 (bin 96, rank 0.25) -> 0.9625, capped at 0.9
-    assert meta["thresholds"] == {"class_0": 0.505625, "class_1": 0.9, "class_2": 0.0}
-    assert _labels(out, "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
+    assert meta["percentile"] == 75.0
+    # class 0 at the 75th percentile: x[round(9 * 0.75)] = x[round(6.75)] = x[7] = 0.75 (the median is 0.625);
+    # class 1's only value 0.96875 (index round(0.75) = 1, clamped to 0), capped at 0.9
+    assert meta["thresholds"] == {"class_0": 0.75, "class_1": 0.9, "class_2": 0.0}
+    assert _labels(out, "ab") == {"a": [255, 255, 0, 1, 255], "b": [255, 255, 0, 255, 255]}
     assert meta["checkpoint"] == coded_cli["ckpt"]
     assert meta["checkpoint_meta"] == {"arch": "deeplabv2", "preset": "tiny", "uda": "bdl", "iter": 7,
                                        "test_scale": [5, 1]}
@@ -638,7 +676,7 @@ def test_pseudolabel_cli_reports_at_info_level(coded_cli, tmp_path, capsys):
             root.addHandler(handler)
         root.setLevel(saved_level)
     err = capsys.readouterr().err
-    assert f"INFO segmenters.pseudolabel: wrote {tmp_path / 'pseudo'}: 30.0% of pixels kept" in err.splitlines()
+    assert f"INFO segmenters.pseudolabel: wrote {tmp_path / 'pseudo'}: 60.0% of pixels kept" in err.splitlines()
 
 
 def test_pseudolabel_cli_arguments(capsys):
