@@ -138,6 +138,35 @@ def test_hdce_weights_match_row_max_normalised_softmax():
     assert torch.all(w.amax(-1) == 1)
 
 
+@pytest.mark.parametrize("form", ["src", "paper"])
+def test_hdce_coupled_value_is_srcs_logged_cross_entropy(form):
+    """SRC logs the cross entropy over [l_pos, weighted l_neg] / tau with the positive as class 0 (its
+    ``CELoss_dummy``), self term masked with -10; hdce_coupled_value recovers it from our decoupled
+    per-query losses, and differs from their mean (which is what we optimise)."""
+    import torch.nn.functional as F
+
+    from translators.losses import hdce_coupled_value
+
+    batch, patches, tau = 2, 6, 0.07
+    q, k = _feats(batch * patches, 5, 21), _feats(batch * patches, 5, 22)
+    w = hdce_weights(k, 0.5, batch)
+    per_query = hdce_loss(q, k, w, tau=tau, batch_size=batch, form=form)
+    qb, kb = q.reshape(batch, patches, -1).double(), k.reshape(batch, patches, -1).double()
+    l_pos = (qb * kb).sum(-1, keepdim=True)
+    l_neg = qb @ kb.transpose(1, 2)
+    if form == "src":
+        logits_neg = (l_neg * w.double()) / tau
+    else:
+        logits_neg = l_neg / tau + torch.log(w.double())
+    logits_neg = logits_neg.masked_fill(torch.eye(patches, dtype=torch.bool), -10.0 / tau)
+    logits = torch.cat([l_pos / tau, logits_neg], dim=2).reshape(batch * patches, -1)
+    src_ce = F.cross_entropy(logits, torch.zeros(batch * patches, dtype=torch.long))
+    got = hdce_coupled_value(per_query)
+    assert float(got) == pytest.approx(float(src_ce), rel=1e-5)
+    assert not got.requires_grad
+    assert abs(float(got) - float(per_query.mean())) > 0.1
+
+
 def test_hdce_weights_are_per_image_and_detached():
     k = _feats(8, 4, 13).requires_grad_(True)
     w = hdce_weights(k, gamma=1.0, batch_size=2)
@@ -399,6 +428,41 @@ def test_fused_distances_match_autograd_of_the_plain_form():
     w = torch.randn(fused.shape, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(torch.autograd.grad(fused, x, w)[0], torch.autograd.grad(ref, x, w)[0])
     assert torch.autograd.gradcheck(lambda t: _DistancesToOwnRows.apply(t, rows).index_select(2, torch.tensor([1, 2, 3])), (x,))
+
+
+def test_fused_distances_with_constant_rows_match_autograd_of_detached_centres():
+    from translators.losses.rsmi import _DistancesToOwnRows, _sq_dist
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 11, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    rows = torch.tensor([0, 5, 10])
+    fused = _DistancesToOwnRows.apply(x, rows, True)
+    ref = _sq_dist(x, x.index_select(1, rows).detach())
+    torch.testing.assert_close(fused, ref)
+    w = torch.randn(fused.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(fused, x, w)[0], torch.autograd.grad(ref, x, w)[0])
+
+
+def test_rsmi_centres_are_constants_by_default():
+    """The m centre samples get no gradient unless ``detach_centres=False``; the estimation samples'
+    gradient is the same either way (the centres only move the basis); attached, the centres'
+    gradients are several times larger than a sample's (why they are detached by default)."""
+    x, y = _rsmi_sample(100)
+    centres = torch.linspace(0, 99, 16).round().long()
+    is_centre = torch.zeros(100, dtype=torch.bool)
+    is_centre[centres] = True
+    grads = {}
+    for detach in (True, False):
+        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        value = rsmi(xg, yg, detach_centres=detach)
+        value.backward()
+        grads[detach] = (value.item(), xg.grad, yg.grad)
+    assert grads[True][0] == grads[False][0]                       # same estimate
+    for i in (1, 2):
+        assert torch.count_nonzero(grads[True][i][is_centre]) == 0
+        torch.testing.assert_close(grads[True][i][~is_centre], grads[False][i][~is_centre], rtol=1e-4, atol=1e-7)
+        attached = grads[False][i].norm(dim=1)
+        assert attached[is_centre].mean() > 3 * attached[~is_centre].mean()
+    assert float(rsmi(x, y)) == grads[True][0]                     # the default
 
 
 def test_fused_contrastive_losses_run_in_float32_under_autocast():

@@ -253,6 +253,13 @@ def test_train_step_updates_all_networks(method_name, extra):
     before = {k: v.clone() for k, v in method.state_dict().items()}
     logs, _ = method.train_step(_batch(method, 2), 0.1, opts, torch.amp.GradScaler("cpu", enabled=False))
     assert all(v == v for v in logs.values()) and "NCE" in logs
+    # hDCE runs also log SRC's value (coupled CE, > 0) beside the decoupled loss; PatchNCE runs do not
+    ce_keys = {k for k in logs if k.startswith("NCE_ce")}
+    if cfg.loss.contrastive == "hdce":
+        assert ce_keys == ({"NCE_ce_l", "NCE_ce_g"} if cfg.semst.multiscale else {"NCE_ce_l"})
+        assert all(logs[k] > 0 for k in ce_keys)
+    else:
+        assert not ce_keys
     if cfg.loss.lambda_TS > 0:
         assert "TS" in logs
     changed = {k.split(".")[0] for k, v in method.state_dict().items() if not torch.equal(v, before[k])}
@@ -399,3 +406,25 @@ def test_cpu_bf16_step_tracks_the_float32_step(method_name):
     drift = [(a - b).abs().max().item() for a, b in zip(amp.state_dict().values(), ref.state_dict().values())
              if a.is_floating_point()]
     assert 0 < max(drift) < 1e-2  # same update up to bf16 rounding (Adam steps are ~lr = 2e-4 each)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_ts_term_follows_the_detach_centres_setting(detach):
+    """``loss.ts_detach_centres`` reaches rSMI: the TS value is the same, the centre patches of the
+    output embeddings get gradient only when the setting is false (default true)."""
+    extra = [] if detach else ["loss.ts_detach_centres=false"]
+    cfg = tiny("semst", *extra)
+    assert cfg.loss.ts_detach_centres is detach
+    method = build_method(cfg)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2 * 64, 3, generator=gen)
+    k = [torch.tanh(z @ torch.randn(3, 8, generator=gen))]
+    q = [(torch.tanh(z @ torch.randn(3, 8, generator=gen)) + 0.1 * torch.randn(128, 8, generator=gen))
+         .requires_grad_(True)]
+    value = method.ts(k, q, 2)
+    value.backward()
+    centres = torch.linspace(0, 63, 16).round().long()
+    grad = q[0].grad.reshape(2, 64, 8)
+    centre_grad = grad[:, centres].abs().sum()
+    assert (centre_grad == 0) if detach else (centre_grad > 0)
+    assert grad.abs().sum() > centre_grad

@@ -80,6 +80,7 @@ class LossConfig:
     ts_alpha: float = 0.5
     ts_lam: float = 0.05
     ts_n_centres: int | None = None
+    ts_detach_centres: bool = True     # rSMI centres are constants of the basis (translators/losses/rsmi.py)
     ts_patches: int | None = None      # first N sampled patches per image fed to rSMI (None: all)
 
 

@@ -17,7 +17,9 @@ k detached. Two ways to apply the hard-negative weights w_ij (``form``):
 With all weights 1 both forms are plain DCE. The self term j = i is masked with -10 as in SRC
 (exp(-10/tau) ~ 1e-62 at tau = 0.07, i.e. excluded). Unlike SRC, which reports the coupled CE
 value and only takes the decoupled *gradient* (an exp(v - v.detach()) trick), the value returned
-here is the decoupled loss itself (it can be negative); its gradient is identical.
+here is the decoupled loss itself (it can be negative); its gradient is identical. SRC's logged
+value is recovered exactly by :func:`hdce_coupled_value` (softplus of the decoupled loss); the
+translators log it beside the loss as ``NCE_ce``.
 
 Hard-negative weights (:func:`hdce_weights`, SRC ``models/SRC.py``, reference 2.3): from the
 **input-side** similarity S_ij = k_i.k_j (detached), w_ij = softmax_j(S_ij / gamma) divided by its
@@ -33,6 +35,13 @@ from .patchnce import SELF_MASK, _check, full_precision_inputs, patch_similariti
 FORMS = ("src", "paper")
 
 
+def hdce_coupled_value(per_query: torch.Tensor) -> torch.Tensor:
+    """SRC's logged hDCE value from per-query decoupled losses l_i (:func:`hdce_loss`): the cross
+    entropy with the positive back in the denominator, log(e^pos + sum_j e^z_ij) - pos =
+    log(1 + e^l_i) = softplus(l_i), averaged (detached: for logs only)."""
+    return torch.nn.functional.softplus(per_query.detach().float()).mean()
+
+
 def hdce_gamma(epoch: float, total_epochs: float | None = None, gamma_start: float = 1.0,
                gamma_end: float = 1.0, step_epoch: float | None = None,
                step_gamma: float = 1.0) -> float:
@@ -41,7 +50,9 @@ def hdce_gamma(epoch: float, total_epochs: float | None = None, gamma_start: flo
     gamma = gamma_start + (gamma_end - gamma_start) * progress, with progress = epoch/total_epochs
     (or ``epoch`` itself, read as a fraction in [0, 1], when ``total_epochs`` is None), clamped to
     [0, 1]. If ``step_epoch`` is set and ``epoch > step_epoch`` (same unit as ``epoch``), gamma is
-    forced to ``step_gamma`` (SRC's Cityscapes recipe: 50 -> 10, then 1 after epoch 200).
+    forced to ``step_gamma``. SRC's Cityscapes recipe (and our SemST preset) ramps 50 -> 10 over the
+    whole schedule but steps to 1 at half of it, so the ramp only reaches 30: gamma runs 50 -> 30
+    linearly, then 1.
     With the defaults (1, 1) gamma is constant 1, SRC's argparse default."""
     if total_epochs is not None and total_epochs <= 0:
         raise ValueError(f"total_epochs must be positive, got {total_epochs}")

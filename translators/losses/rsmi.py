@@ -36,6 +36,13 @@ embeddings (SemST applies rSMI to the embeddings of F):
   estimate does not depend on the overall kernel scale (it shrinks with D and sigma); lam = 0.05.
   ``lam_relative=False`` uses lam as is (SCC's convention).
 * alpha = 0.5 as in SCC. Computed in float32 with autocast disabled.
+* the centres are **constants of the basis** (``detach_centres=True``, the default): gradients reach
+  the N - m estimation samples only, as in SCC and RuLSIF, whose centres are fixed points of the
+  model, not variables of the divergence. Choice, documented in docs/methods.md: with the centres
+  attached (``detach_centres=False``, config ``loss.ts_detach_centres: false``) each centre sits
+  in n kernel evaluations against a sample's m, and its gradient is larger by about n / m (mean
+  gradient norm of a centre over a sample's: 7.7x (y) and 17.6x (x) on dependent N = 256, D = 256
+  data), so 16 of 256 patches would dominate the TS gradient of an image.
 
 Known limit: like every kernel estimator from a few hundred samples, it sees little dependence
 between *isotropic* high-dimensional variables (distances concentrate); F's embeddings of image
@@ -72,16 +79,18 @@ class _DistancesToOwnRows(torch.autograd.Function):
     ``c`` of x to all its rows, with a hand-written backward that reads x three times instead of
     autograd's ~8 passes over (G, N, D) tensors (squares, broadcasts, the gather's scatter):
         dx_p = 2 x_p sum_a G_ap - 2 sum_a G_ap x_{c_a},   plus at p = c_a:  2 x_{c_a} sum_p G_ap - 2 sum_p G_ap x_p
-    (G zeroed where the clamp was active)."""
+    (G zeroed where the clamp was active). With ``detach_rows`` the rows are constants: the second
+    term (the gradient through x_{c_a} as a centre) is left out."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, rows: torch.Tensor, detach_rows: bool = False) -> torch.Tensor:
         c = x.index_select(1, rows)                                      # (G, m, D)
         sq = torch.linalg.vector_norm(x, dim=2).square()                 # (G, N)
         d2 = torch.baddbmm(sq[:, None, :] + sq.index_select(1, rows)[:, :, None], c, x.transpose(1, 2),
                            alpha=-2.0)
         clamped = d2 < 0
         ctx.save_for_backward(x, rows, clamped)
+        ctx.detach_rows = bool(detach_rows)
         return d2.masked_fill_(clamped, 0.0)
 
     @staticmethod
@@ -91,8 +100,10 @@ class _DistancesToOwnRows(torch.autograd.Function):
         c = x.index_select(1, rows)
         grad_x = x * (2.0 * grad.sum(1))[:, :, None]
         grad_x.baddbmm_(grad.transpose(1, 2), c, alpha=-2.0)
+        if ctx.detach_rows:
+            return grad_x, None, None
         grad_c = c * (2.0 * grad.sum(2))[:, :, None] - 2.0 * torch.bmm(grad, x)
-        return grad_x.index_add_(1, rows, grad_c), None
+        return grad_x.index_add_(1, rows, grad_c), None, None
 
 
 def _gauss(d2: torch.Tensor, sigma: float | torch.Tensor | None) -> torch.Tensor:
@@ -175,7 +186,8 @@ class _RSMIObjective(torch.autograd.Function):
 
 def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
                  sigma_x: float | None = None, sigma_y: float | None = None,
-                 n_centres: int | None = None, lam_relative: bool = True) -> torch.Tensor:
+                 n_centres: int | None = None, lam_relative: bool = True,
+                 detach_centres: bool = True) -> torch.Tensor:
     """rSMI of G independent sample sets at once: x (G, N, Dx), y (G, N, Dy) -> (G,).
 
     Same estimator and arguments as :func:`rsmi` (median widths are per group); one batched
@@ -199,8 +211,8 @@ def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: floa
         # distances of every sample to the centres, then the held-out centre columns dropped from
         # the small (G, m, N) matrix: no (G, N - m, D) copy of the samples, forward or backward
         rest, centres = (~is_centre).nonzero().squeeze(1), is_centre.nonzero().squeeze(1)
-        K = _gauss(_DistancesToOwnRows.apply(x, centres).index_select(2, rest), sigma_x)  # (G, m, n)
-        L = _gauss(_DistancesToOwnRows.apply(y, centres).index_select(2, rest), sigma_y)
+        K = _gauss(_DistancesToOwnRows.apply(x, centres, detach_centres).index_select(2, rest), sigma_x)  # (G, m, n)
+        L = _gauss(_DistancesToOwnRows.apply(y, centres, detach_centres).index_select(2, rest), sigma_y)
         g, n = K.shape[0], K.shape[2]
         phi = (K[:, :, None, :] * L[:, None, :, :]).reshape(g, m * m, n)  # phi_ab, a slow, b fast
         pairs = n * (n - 1)
@@ -214,18 +226,19 @@ def rsmi_batched(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: floa
 
 def rsmi(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, lam: float = 0.05,
          sigma_x: float | None = None, sigma_y: float | None = None,
-         n_centres: int | None = None, lam_relative: bool = True) -> torch.Tensor:
+         n_centres: int | None = None, lam_relative: bool = True, detach_centres: bool = True) -> torch.Tensor:
     """rSMI estimate (scalar tensor, differentiable) between paired samples x (N, Dx), y (N, Dy).
 
     ``alpha`` in [0, 1): relative parameter; ``lam``: ridge regulariser (times mean(diag H) when
     ``lam_relative``); ``sigma_*``: Gaussian widths (None = median heuristic over the
     centre-to-sample distances); ``n_centres``: m,
     the number of held-out samples whose x and y give the m x m grid of basis centres
-    (None = min(16, N // 4)); the other N - m pairs estimate h and H."""
+    (None = min(16, N // 4)); the other N - m pairs estimate h and H; ``detach_centres``: the
+    centres are constants of the basis (no gradient through them; module docstring)."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"rsmi needs paired samples x (N, Dx), y (N, Dy); got {tuple(x.shape)}, {tuple(y.shape)}")
     return rsmi_batched(x[None], y[None], alpha=alpha, lam=lam, sigma_x=sigma_x, sigma_y=sigma_y,
-                        n_centres=n_centres, lam_relative=lam_relative)[0]
+                        n_centres=n_centres, lam_relative=lam_relative, detach_centres=detach_centres)[0]
 
 
 def ts_loss(feats_in: Sequence[torch.Tensor], feats_out: Sequence[torch.Tensor],

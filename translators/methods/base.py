@@ -31,7 +31,8 @@ from torch import nn
 
 from translators.config import ConfigError, TranslatorConfig
 from translators.data import CropSpec
-from translators.losses import hdce_gamma, hdce_loss, hdce_weights, lsgan_loss, patchnce_loss, ts_loss
+from translators.losses import (hdce_coupled_value, hdce_gamma, hdce_loss, hdce_weights, lsgan_loss, patchnce_loss,
+                                ts_loss)
 from translators.networks import NLayerDiscriminator, PatchSampleF, ResnetGenerator, init_weights
 
 
@@ -240,7 +241,8 @@ class TranslatorMethod(nn.Module):
                 t = t.reshape(n_img, -1, t.shape[-1])
                 return t[:, : c.ts_patches].reshape(-1, t.shape[-1])
             k, q = [first(t) for t in k], [first(t) for t in q]
-        return ts_loss(k, q, batch_size=n_img, alpha=c.ts_alpha, lam=c.ts_lam, n_centres=c.ts_n_centres)
+        return ts_loss(k, q, batch_size=n_img, alpha=c.ts_alpha, lam=c.ts_lam, n_centres=c.ts_n_centres,
+                       detach_centres=c.ts_detach_centres)
 
     def content_losses(self, g: ResnetGenerator, f: PatchSampleF, feats_real: list[torch.Tensor],
                        fake_all: torch.Tensor, n_src: int, progress: float) -> dict[str, torch.Tensor]:
@@ -267,6 +269,8 @@ class TranslatorMethod(nn.Module):
             out = {"NCE": torch.stack([t[:r].mean() for t, r in zip(per_query, rows)]).mean()}
             if n_all > n_src:
                 out["NCE_idt"] = torch.stack([t[r:].mean() for t, r in zip(per_query, rows)]).mean()
+            if c.contrastive == "hdce":     # SRC's logged value (coupled CE) beside the decoupled loss
+                out["NCE_ce"] = torch.stack([hdce_coupled_value(t[:r]) for t, r in zip(per_query, rows)]).mean()
             if c.lambda_TS > 0:
                 out["TS"] = self.ts(k_src, q_src, n_src)
         return out
