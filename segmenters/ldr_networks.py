@@ -1,11 +1,11 @@
 """pix2pixHD-style networks and losses of label-driven reconstruction (LDR, Yang et al. ECCV 2020).
 
 LDR's reconstruction network ``M`` rebuilds an image from the segmenter's (near one-hot) label map
-and is trained with the pix2pixHD loss stack (reference/translators.md 5.2 and 6; LDR paper
+and is trained with the pix2pixHD loss stack (docs/reference.md §5.2 and §6; LDR paper
 Sec. 3.4, Eq. 3-6). Everything here is plain torch (no mmseg) and is reused by the translators
 (``translators.networks.{pix2pixhd,multiscale_discriminator,vgg}`` and
 ``translators.losses.{perceptual,feature_matching}`` import from this module), because
-``segmenters`` never imports ``translators`` (DESIGN.md section 2).
+``segmenters`` never imports ``translators`` (docs/design.md §2.2).
 
 * :func:`boltzmann_softmax` -- LDR Eq. 3, Omega = softmax(G(X) / tau), tau = 0.001 by default.
 * :class:`GlobalGenerator` -- pix2pixHD's global generator: c7s1-ngf, ``n_downsample`` stride-2
@@ -248,17 +248,26 @@ class VGG19Features(nn.Module):
         return feats
 
 
+VGG19_HINT = "; or set uda.vgg19_weights=None to train without the perceptual term"
+
+
+def resolve_vgg19_weights(spec: str | os.PathLike) -> Path:
+    """``uda.vgg19_weights`` as a file: the registry name ``vgg19`` (domains/weights.py) -> the cached
+    torchvision file, else the path. A missing file raises ``domains.weights.MissingWeightsError`` (a
+    ``FileNotFoundError``) naming the file, URL, config key and fetch command."""
+    from domains.weights import resolve
+
+    return resolve(spec, "uda.vgg19_weights", hint=VGG19_HINT)
+
+
 def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
-    """VGG19 features from a user file, loaded with ``weights_only=True``.
+    """VGG19 features from a weights file or the registry name ``vgg19``, loaded with ``weights_only=True``.
 
     Accepts torchvision's full ``vgg19`` state dict (``features.<i>.weight`` keys, e.g. the
     ``vgg19-dcbb9e9d.pth`` download) or a ``features``-only state dict (``<i>.weight``); only the
     convolutions up to relu5_1 are needed. Errors name the file and what was found.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG19 weights {path} not found (config key uda.vgg19_weights); pass torchvision's "
-                                "vgg19 state dict file or unset the key to disable the perceptual loss")
+    path = resolve_vgg19_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name

@@ -13,7 +13,7 @@ The UDA method (:mod:`segmenters.uda`) supplies the training dataset, the model 
 optimiser config; the rest is mmengine: ``IterBasedTrainLoop`` with an ``InfiniteSampler``,
 ``CheckpointHook`` (``iter_<n>.pth`` every ``checkpoint_interval``, last two kept), ``LoggerHook``
 every ``log_interval``, validation on the target val split with mmseg's ``IoUMetric`` every
-``val_interval`` and at the end, and ``final.pth`` (SEGMENTERS.md contract 4) written atomically by
+``val_interval`` and at the end, and ``final.pth`` (docs/design.md §8.4) written atomically by
 :func:`segmenters.checkpoint.save_final`.
 
 Device: mmengine picks CUDA when available, else CPU. On CUDA the optimiser wrappers become
@@ -23,9 +23,14 @@ given, and cuDNN benchmark is on.
 ``--resume`` continues from the newest ``iter_<n>.pth`` in the work dir (Runner ``resume=True``:
 weights, optimisers, schedulers, iteration); these run checkpoints are our own, so they are
 unpickled fully (:func:`segmenters.compat.trusted_checkpoints`). ``--init`` (or the config's
-``init_from``) loads user weights with ``weights_only=True`` before the first iteration of a fresh
+``init_from``) loads init weights with ``weights_only=True`` before the first iteration of a fresh
 run (never over a resumed state); ``init_strict`` decides whether missing/unexpected segmentation
-network keys are an error.
+network keys are an error. A registry name (``resnet101_v1c``, ``vgg16``: the paper presets' default,
+docs/weights.md) is resolved to the weights cache at start-up, so a missing file stops the run at once.
+
+``--launcher pytorch|slurm`` trains with one process per GPU started by ``torchrun`` / ``srun``
+(:mod:`segmenters.distributed`, docs/multigpu.md): ``batch_size`` is per process, rank 0 writes the
+checkpoints, logs and ``final.pth``.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from mmseg.registry import HOOKS  # noqa: E402
 from domains.prepared import PreparedDataError, PreparedDataset  # noqa: E402
 
 from . import datasets as seg_datasets  # noqa: E402  (registers PreparedSegDataset, UDADataset)
+from . import distributed as seg_dist  # noqa: E402  (--launcher: wrappers, gloo on CPU)
 from .configs import load_config  # noqa: E402
 from .uda import METHODS, TrainInputs, UDAMethod, get_method  # noqa: E402
 from .uda.base import TrainError, val_dataset_cfg  # noqa: E402
@@ -83,15 +89,31 @@ def segmentation_network(model: torch.nn.Module) -> torch.nn.Module:
     return torch.nn.ModuleDict({n: c for n, c in model.named_children() if n not in extra})
 
 
-def load_init_weights(model: torch.nn.Module, path: Path, strict: bool) -> dict[str, list[str]]:
-    """Load user weights (``weights_only=True``) into the segmentation network of ``model``
-    (:func:`segmenters.checkpoint.load_init_weights`); errors become :class:`TrainError`."""
+def load_init_weights(model: torch.nn.Module, path: Path | str, strict: bool,
+                      config_key: str = "init_from") -> dict[str, list[str]]:
+    """Load init weights (a file or a :mod:`domains.weights` registry name; ``weights_only=True``)
+    into the segmentation network of ``model`` (:func:`segmenters.checkpoint.load_init_weights`);
+    errors become :class:`TrainError`."""
     from .checkpoint import load_init_weights as _load
 
     try:
-        return _load(segmentation_network(model), path, strict=strict)
+        return _load(segmentation_network(model), path, strict=strict, config_key=config_key)
     except (FileNotFoundError, ValueError) as err:
         raise TrainError(f"--init / init_from: {err}") from err
+
+
+def resolve_init(spec: str | None, config_key: str) -> Path | None:
+    """The init weights file of ``spec`` (registry name or path; None: train from scratch), resolved at
+    start-up so a missing file stops the run before the Runner is built; errors become :class:`TrainError`."""
+    from .checkpoint import resolve_weights
+
+    if spec is None:
+        return None
+    hint = "; or --cfg-options init_from=None to train from scratch" if config_key == "init_from" else ""
+    try:
+        return resolve_weights(spec, config_key, hint=hint)
+    except FileNotFoundError as err:
+        raise TrainError(str(err)) from err
 
 
 @HOOKS.register_module(force=True)
@@ -104,9 +126,11 @@ class RunStartHook(Hook):
 
     priority = "VERY_HIGH"
 
-    def __init__(self, init: str | None = None, init_strict: bool = True) -> None:
+    def __init__(self, init: str | os.PathLike | None = None, init_strict: bool = True,
+                 init_key: str = "init_from") -> None:
         self.init = Path(init) if init else None
         self.init_strict = bool(init_strict)
+        self.init_key = init_key
         self.start_iter: int | None = None
 
     def before_train(self, runner: Runner) -> None:
@@ -114,7 +138,7 @@ class RunStartHook(Hook):
         runner.logger.info(f"training starts at iter {self.start_iter} of {runner.max_iters}")
         if self.init is not None and self.start_iter == 0:
             model = runner.model.module if hasattr(runner.model, "module") else runner.model
-            load_init_weights(model, self.init, self.init_strict)
+            load_init_weights(model, self.init, self.init_strict, self.init_key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +216,14 @@ def build_runner(args: argparse.Namespace) -> tuple[Runner, dict, RunStartHook]:
     max_iters = int(args.max_iters) if args.max_iters else config_max_iters
     if max_iters < 1:
         raise TrainError(f"--max-iters must be >= 1, got {max_iters}")
+    init_key = "--init" if args.init else "init_from"
+    try:
+        init = resolve_init(args.init or cfg.get("init_from", None), init_key)
+    except TrainError as err:
+        if not (args.resume and any(Path(args.work_dir).glob("iter_*.pth"))):
+            raise
+        logger.warning("resuming, so init weights are not needed: %s", err)
+        init = None
     inputs = TrainInputs(source=Path(args.source), target=Path(args.target),
                          source_images=Path(args.source_images) if args.source_images else None,
                          pseudo=Path(args.pseudo) if args.pseudo else None,
@@ -199,30 +231,40 @@ def build_runner(args: argparse.Namespace) -> tuple[Runner, dict, RunStartHook]:
                          source_split=args.source_split, target_split=args.target_split,
                          val_split=args.val_split, seed=args.seed)
     source, target = _check_inputs(method, inputs)
+    model_cfg = method.model(cfg, inputs)
+    try:
+        from mmseg.registry import MODELS
+
+        dist_setup = seg_dist.setup(getattr(args, "launcher", "none"), method, MODELS.get(model_cfg["type"]),
+                                    cfg.get("sync_bn", False), torch.cuda.is_available())
+    except seg_dist.DistributedError as err:
+        raise TrainError(str(err)) from err
 
     batch_size = int(cfg.batch_size)
     workers = args.workers if args.workers is not None else min(4, max((os.cpu_count() or 1) // 2, 0))
     train_dataset = method.train_dataset(cfg, inputs)
     if method.paired:
         num_source = len(source.stems(inputs.source_split))
-        train_dataset["length"] = seg_datasets.uda_length(num_source, max_iters, batch_size)
+        # every rank draws batch_size per iteration: the run draws batch_size x world_size
+        train_dataset["length"] = seg_datasets.uda_length(num_source, max_iters,
+                                                          batch_size * dist_setup.info.world_size)
     loader = dict(num_workers=workers, persistent_workers=workers > 0)
     amp = _use_amp(cfg, args.no_amp)
     optim_wrapper = method.optim_wrapper(cfg)
     if amp:
         optim_wrapper = _amp_wrapper(optim_wrapper)
+    optim_wrapper = dist_setup.optim_wrapper(optim_wrapper)
     # --val-interval 0: no validation inside training (the workflow's evaluate rule scores every
     # round, so in-training validation would only cost wall time)
     val_interval = int(cfg.get("val_interval", max_iters) if args.val_interval is None else args.val_interval)
     if val_interval < 0:
         raise TrainError(f"--val-interval must be >= 0, got {val_interval}")
     validate = val_interval > 0
-    init = args.init or cfg.get("init_from", None)
-    start_hook = RunStartHook(init=init, init_strict=bool(cfg.get("init_strict", True)))
+    start_hook = RunStartHook(init=init, init_strict=bool(cfg.get("init_strict", True)), init_key=init_key)
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     runner = Runner(
-        model=ConfigDict(method.model(cfg, inputs)),
+        model=ConfigDict(model_cfg),
         work_dir=str(work_dir),
         train_dataloader=dict(batch_size=batch_size, sampler=dict(type="InfiniteSampler", shuffle=True),
                               dataset=train_dataset, collate_fn=dict(type="pseudo_collate"), **loader),
@@ -251,6 +293,7 @@ def build_runner(args: argparse.Namespace) -> tuple[Runner, dict, RunStartHook]:
         default_scope="mmseg",
         # unique: mmengine keys its logger / message hub / visualizer instances by this name
         experiment_name=f"{args.arch}_{method.name}_{uuid.uuid4().hex[:8]}",
+        **dist_setup.runner_kwargs,
     )
     meta = dict(arch=args.arch, preset=args.preset, num_classes=int(cfg.num_classes), uda=method.name,
                 test_scale=[int(s) for s in cfg.test_scale], model_cfg=_plain(cfg.model),
@@ -274,14 +317,17 @@ def train(args: argparse.Namespace) -> TrainResult:
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     meta["iter"] = int(runner.iter)
     final = work_dir / FINAL_NAME
-    save_final(model, meta, final)
+    if seg_dist.is_main_process():  # rank 0 writes final.pth (atomically); the others wait for it
+        save_final(model, meta, final)
+    seg_dist.barrier()
     metrics = {}
     for key in ("aAcc", "mIoU", "mAcc"):
         buf = runner.message_hub.log_scalars.get(f"val/{key}")
         if buf is not None:
             metrics[key] = float(buf.current())
-    logger.info("wrote %s (iter %d%s)", final, meta["iter"],
-                f", val mIoU {metrics['mIoU']:.2f}" if "mIoU" in metrics else "")
+    if seg_dist.is_main_process():
+        logger.info("wrote %s (iter %d%s)", final, meta["iter"],
+                    f", val mIoU {metrics['mIoU']:.2f}" if "mIoU" in metrics else "")
     return TrainResult(final=final, start_iter=int(start_hook.start_iter or 0), end_iter=meta["iter"], metrics=metrics)
 
 
@@ -303,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo", default=None, help="pseudo-label folder for the target train split (<dir>/<stem>.png)")
     p.add_argument("--work-dir", required=True, help="run folder: logs, iter_<n>.pth, final.pth")
     p.add_argument("--max-iters", type=int, default=None, help="override the config's max_iters")
-    p.add_argument("--init", default=None, help="init weights (state dict or final.pth; loaded weights_only)")
+    p.add_argument("--init", default=None, help="init weights: a file (state dict, ImageNet backbone or final.pth; "
+                                                 "loaded weights_only) or a registry name of domains.weights "
+                                                 "(default: the config's init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the newest iter_<n>.pth in --work-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
@@ -315,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate every N iterations (default: the config's val_interval; 0: never)")
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: min(4, cpus/2))")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    p.add_argument("--launcher", default="none", choices=seg_dist.LAUNCHERS,
+                   help="multi-process training: pytorch under torchrun, slurm under srun (docs/multigpu.md)")
     return p
 
 
@@ -325,10 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             datefmt="%H:%M:%S")
     try:
         result = train(args)
+        main_rank = seg_dist.is_main_process()
     except (TrainError, PreparedDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"final checkpoint: {result.final} (iter {result.end_iter})")
+    finally:
+        seg_dist.shutdown()
+    if main_rank:
+        print(f"final checkpoint: {result.final} (iter {result.end_iter})")
     return 0
 
 

@@ -227,11 +227,16 @@ def test_init_weights_strict_and_partial(tmp_path):
     assert torch.equal(dst.backbone.stem[0].weight, src.backbone.stem[0].weight)
 
     backbone_only = tmp_path / "backbone.pth"
-    torch.save(src.backbone.state_dict(), backbone_only)  # e.g. converted ImageNet weights
-    with pytest.raises(ValueError, match=r"backbone\.pth.*missing.*decode_head"):
-        load_init_weights(build_segmentor(cfg.model), backbone_only)
-    report = load_init_weights(build_segmentor(cfg.model), backbone_only, strict=False)
-    assert report["loaded"] and all(k.startswith("backbone.") for k in report["loaded"])
+    torch.save(src.backbone.state_dict(), backbone_only)  # ImageNet-style backbone file: the head keeps its init
+    report = load_init_weights(build_segmentor(cfg.model), backbone_only)
+    assert report["loaded"] and all(k.startswith("backbone.") for k in report["loaded"]) and not report["missing"]
+    assert report["kept"] and all(k.startswith("decode_head.") for k in report["kept"])
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in src.backbone.state_dict().items() if not k.startswith("layer4.")}, partial)
+    with pytest.raises(ValueError, match=r"partial\.pth.*missing.*backbone\.layer4"):
+        load_init_weights(build_segmentor(cfg.model), partial)
+    report = load_init_weights(build_segmentor(cfg.model), partial, strict=False)
+    assert report["loaded"] and all(k.startswith("backbone.layer4.") for k in report["missing"])
 
     other = tmp_path / "fcn.pth"
     torch.save(build_segmentor(load_config("fcn8s", "tiny").model).state_dict(), other)

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--feedback-segmenter", help="segmenter checkpoint for the semantic-consistency loss")
     t.add_argument("--feedback-weight", type=float, default=0.1, help="weight of that loss (BDL: 0.1)")
     t.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
+    t.add_argument("--launcher", default="none", choices=("none", "pytorch", "slurm"),
+                   help="multi-process training: 'pytorch' under torchrun, 'slurm' under srun (one process per "
+                        "GPU; train.batch_size is per process); see docs/multigpu.md")
 
     r = sub.add_parser("refine", help="translate every source image at full resolution")
     r.add_argument("--checkpoint", required=True, help="a final.pt written by `train`")
@@ -76,15 +79,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.device:
                 overrides.append(f"train.device={args.device}")
             cfg = load_config(args.config, overrides)
-            feedback = None
-            if args.feedback_segmenter:
-                from translators.feedback import load_feedback
-                from translators.train import resolve_device
-                feedback = load_feedback(args.feedback_segmenter, args.feedback_weight,
-                                         resolve_device(cfg.train.device))
-            res = train(cfg, args.source, args.target, args.out, source_split=args.source_split,
-                        target_split=args.target_split, seed=args.seed, init=args.init, resume=args.resume,
-                        feedback=feedback, stop_after=args.stop_after, show_progress=not args.no_progress)
+            from translators.distributed import init_distributed, shutdown_distributed
+            ctx = init_distributed(args.launcher, cfg.train.device)
+            if not ctx.is_main:  # rank 0 logs; the others only warnings and errors
+                logging.getLogger().setLevel(logging.WARNING)
+            try:
+                feedback = None
+                if args.feedback_segmenter:
+                    from translators.feedback import load_feedback
+                    from translators.train import resolve_device
+                    feedback = load_feedback(args.feedback_segmenter, args.feedback_weight,
+                                             ctx.device if ctx.enabled else resolve_device(cfg.train.device))
+                res = train(cfg, args.source, args.target, args.out, source_split=args.source_split,
+                            target_split=args.target_split, seed=args.seed, init=args.init, resume=args.resume,
+                            feedback=feedback, stop_after=args.stop_after, show_progress=not args.no_progress,
+                            dist=ctx)
+            finally:
+                shutdown_distributed(ctx)
             log.info("step %d, finished=%s, out=%s", res.step, res.finished, res.out)
         else:
             from translators.refine import refine

@@ -10,6 +10,10 @@ Determinism: the batch of iteration ``step`` is a pure function of ``(seed, step
 are visited in a fresh permutation per epoch (``numpy`` Generator seeded with (seed, 0, epoch)),
 target images likewise with their own stream, and the crop/flip draws of a step come from a
 Generator seeded with (seed, 1, step). So a resumed run needs no loader replay and is bit-identical.
+Multi-process training (``rank``/``world_size``, translators/distributed.py): rank r of W takes the
+r-th block of ``batch_size`` positions of the W * batch_size images a single process would visit
+at that step (disjoint across ranks, as a DistributedSampler), with crop/flip draws from
+(seed, 1, step, r) -- so ranks see different images and crops, and W = 1 is unchanged.
 
 Crops (``CropSpec``): CUT takes one native-resolution crop. SemST (the paper's Eq. 4-5 leave the
 geometry open; our choice) takes, per image,
@@ -206,7 +210,11 @@ class UnpairedBatches:
     releases the GIL). Images are re-read from disk each time (bounded memory for any dataset)."""
 
     def __init__(self, source: Domain, target: Domain, spec: CropSpec, batch_size: int, seed: int,
-                 flip: bool = True, resize_short_side: int | None = None, prefetch: bool = True) -> None:
+                 flip: bool = True, resize_short_side: int | None = None, prefetch: bool = True,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
         self.source, self.target, self.spec = source, target, spec
         self.batch_size, self.seed, self.flip, self.short = batch_size, seed, flip, resize_short_side
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
@@ -223,10 +231,11 @@ class UnpairedBatches:
         return int(perm[i])
 
     def _make(self, step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, 1, step])
+        key = [self.seed, 1, step] if self.world_size == 1 else [self.seed, 1, step, self.rank]
+        rng = np.random.default_rng(key)
         parts: dict[str, list[torch.Tensor]] = {}
         for b in range(self.batch_size):
-            pos = (step - 1) * self.batch_size + b
+            pos = ((step - 1) * self.world_size + self.rank) * self.batch_size + b
             for dom, domain, stream in (("A", self.source, 10), ("B", self.target, 20)):
                 item = domain.items[self._index(len(domain.items), stream, pos)]
                 img = resize_short(read_image(item.path), self.short)

@@ -10,6 +10,13 @@ and the checkpoint holds models, optimisers, LR schedulers, the GradScaler and e
 On CUDA set ``train.cudnn_benchmark=false`` (and deterministic algorithms) for exact replay.
 A non-finite loss stops training before any optimiser step; the last good checkpoint is kept
 and :class:`TrainingDiverged` names the step. Parameters are checked for NaN/Inf before every save.
+
+Multi-process (``dist``, translators/distributed.py, docs/multigpu.md): every trained network is
+wrapped in DDP; ``train.batch_size`` is per process (the effective batch is world_size x it);
+rank r reads its own block of each step's images (translators.data); initial weights and the
+model-side RNG (patch ids, image pool) are identical on every rank; only rank 0 writes files
+(checkpoints, samples, losses.csv, config.yaml) and logs, with the losses averaged over ranks;
+``--resume`` loads rank 0's checkpoint on every rank.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ from tqdm import tqdm
 from translators.checkpoint import (atomic_save, check_compatible, load_checkpoint, rng_state, set_rng_state)
 from translators.config import TranslatorConfig
 from translators.data import UnpairedBatches, open_domain, to_uint8
+from translators.distributed import (DistContext, all_reduce_mean, any_rank, sync_rng_from_rank0,
+                                     wrap_networks)
 from translators.methods import NonFiniteLossError, TranslatorMethod, build_method
 from translators.methods.base import resolve_cpu_amp
 
@@ -138,9 +147,10 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
-def _checkpoint(method, cfg, step, finished, opts=None, scheds=None, scaler=None) -> dict:
+def _checkpoint(method, cfg, step, finished, opts=None, scheds=None, scaler=None, world_size: int = 1) -> dict:
     ckpt = {"format": 1, "method": method.name, "arch": cfg.arch(), "config": cfg.to_dict(), "step": step,
-            "finished": finished, "models": {k: v.detach().cpu() for k, v in method.state_dict().items()}}
+            "finished": finished, "world_size": world_size,
+            "models": {k: v.detach().cpu() for k, v in method.state_dict().items()}}
     if opts is not None:
         ckpt.update(optimizers={k: o.state_dict() for k, o in opts.items()},
                     schedulers={k: s.state_dict() for k, s in scheds.items()},
@@ -151,27 +161,35 @@ def _checkpoint(method, cfg, step, finished, opts=None, scheds=None, scaler=None
 def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: str | Path, *,
           source_split: str = "train", target_split: str = "train", seed: int = 0,
           init: str | Path | None = None, resume: bool = False, feedback=None,
-          stop_after: int | None = None, show_progress: bool = True) -> TrainResult:
+          stop_after: int | None = None, show_progress: bool = True,
+          dist: DistContext | None = None) -> TrainResult:
     """Train ``cfg.method`` from ``source`` to ``target`` images; see the module docstring.
 
     ``feedback``: optional callable (input, output) -> loss (:class:`translators.feedback.SemanticFeedback`).
     ``stop_after``: stop (as if killed) after this step, with a checkpoint but without final.pt --
-    for time-limited jobs; continue with ``resume=True``."""
+    for time-limited jobs; continue with ``resume=True``.
+    ``dist``: this process's place in a multi-process run (:func:`translators.distributed.init_distributed`;
+    the process group must be up); None = one process."""
+    ctx = dist or DistContext()
+    main = ctx.is_main
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, final_path = out / CHECKPOINT, out / FINAL
-    for stale in [*out.glob(".*.tmp-*"), *out.glob("samples/.*.tmp-*")]:  # left by a killed run
-        stale.unlink(missing_ok=True)
-    device = resolve_device(cfg.train.device)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.glob(".*.tmp-*"), *out.glob("samples/.*.tmp-*")]:  # left by a killed run
+            stale.unlink(missing_ok=True)
+    ctx.barrier()  # the other ranks read ``out`` only once rank 0 has created/cleaned it
+    device = ctx.device if ctx.enabled and ctx.device is not None else resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     src, tgt = open_domain(source, source_split), open_domain(target, target_split)
-    log.info("%s: %d source images (%s), %d target images (%s)", cfg.method, len(src.items), source,
-             len(tgt.items), target)
+    if main:
+        log.info("%s: %d source images (%s), %d target images (%s)", cfg.method, len(src.items), source,
+                 len(tgt.items), target)
 
-    seed_everything(seed)
+    seed_everything(seed)  # the same on every rank: identical initial weights and model-side draws
     method = build_method(cfg)
     resume_ckpt = None
     if resume and ckpt_path.is_file():
@@ -189,8 +207,10 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
         log.info("--resume: %s holds no optimiser state; starting from scratch", final_path)
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", ckpt_path)
+    ctx.barrier()  # every rank has decided from the same files before rank 0 changes any
     if resume_ckpt is None:
-        final_path.unlink(missing_ok=True)  # a fresh run invalidates an older final.pt
+        if main:
+            final_path.unlink(missing_ok=True)  # a fresh run invalidates an older final.pt
         if init is not None:
             init_ckpt = load_checkpoint(init)
             check_compatible(init_ckpt, cfg, init)
@@ -215,19 +235,30 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
         scaler.load_state_dict(resume_ckpt["scaler"])
         set_rng_state(resume_ckpt["rng"])
         step = int(resume_ckpt["step"])
-        if step > 0 and final_path.is_file() and step < t.iters:
+        if main and step > 0 and final_path.is_file() and step < t.iters:
             final_path.unlink()  # training is being extended past the old end
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    tmp_cfg = out / f".config.yaml.tmp-{os.getpid()}"
-    tmp_cfg.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp_cfg, out / "config.yaml")
+        saved_world = int(resume_ckpt.get("world_size", 1))
+        if main and saved_world != ctx.world_size:
+            log.warning("%s was written by %d process(es), resuming with %d: the data stream from step %d on "
+                        "differs from the original run's", ckpt_path, saved_world, ctx.world_size, step + 1)
+        if main:
+            log.info("resumed from %s at step %d", ckpt_path, step)
+    if ctx.enabled:
+        sync_rng_from_rank0(device)
+        wrap_networks(method, ctx)
+        method.log_reducer = all_reduce_mean
+    if main:
+        tmp_cfg = out / f".config.yaml.tmp-{os.getpid()}"
+        tmp_cfg.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        os.replace(tmp_cfg, out / "config.yaml")
 
     data = UnpairedBatches(src, tgt, method.crop_spec(), t.batch_size, seed, flip=cfg.data.flip,
-                           resize_short_side=cfg.data.resize_short, prefetch=cfg.data.prefetch)
-    losses = LossLog(out / LOSSES, resume_step=step if resume_ckpt is not None else None)
+                           resize_short_side=cfg.data.resize_short, prefetch=cfg.data.prefetch,
+                           rank=ctx.rank, world_size=ctx.world_size)
+    losses = LossLog(out / LOSSES, resume_step=step if resume_ckpt is not None else None) if main else None
     last_good = step if resume_ckpt is not None else None
     method.train()
-    pbar = tqdm(total=t.iters, initial=step, unit="it", dynamic_ncols=True, disable=not show_progress,
+    pbar = tqdm(total=t.iters, initial=step, unit="it", dynamic_ncols=True, disable=not (show_progress and main),
                 desc=f"train {cfg.method}")
     t_window, n_window = time.perf_counter(), 0
     try:
@@ -244,29 +275,35 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
             n_window += 1
             pbar.update(1)
             done = step >= t.iters
-            if step % t.log_every == 0 or done:
+            if main and (step % t.log_every == 0 or done):
                 now = time.perf_counter()
                 row = {"step": step, "lr": opts["G"].param_groups[0]["lr"],
                        "s_per_iter": (now - t_window) / n_window, **logs}
                 losses.append(row)
                 pbar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("D", "G", "NCE", "TS")})
                 t_window, n_window = now, 0
-            if step % t.sample_every == 0 or done:
+            if main and (step % t.sample_every == 0 or done):
                 write_samples(method, state, batch, out, step)
             del state
             stop = stop_after is not None and step >= stop_after
             if step % t.save_every == 0 or done or stop:
-                if not _all_finite(method):
+                bad = not _all_finite(method)
+                if any_rank(bad, device) if ctx.enabled else bad:  # all ranks raise together
                     raise TrainingDiverged(step, "parameters", float("nan"),
                                            ckpt_path if last_good is not None else None, last_good)
-                atomic_save(_checkpoint(method, cfg, step, done, opts, scheds, scaler), ckpt_path)
+                if main:
+                    atomic_save(_checkpoint(method, cfg, step, done, opts, scheds, scaler, ctx.world_size), ckpt_path)
                 last_good = step
             if stop and not done:
-                log.info("stopping after step %d as requested; continue with --resume", step)
+                if main:
+                    log.info("stopping after step %d as requested; continue with --resume", step)
+                ctx.barrier()  # returns once the checkpoint is on disk, on every rank
                 return TrainResult(out, step, False)
     finally:
         data.close()
         pbar.close()
-    atomic_save(_checkpoint(method, cfg, step, True), final_path)
-    log.info("finished %d steps; wrote %s", step, final_path)
+    if main:
+        atomic_save(_checkpoint(method, cfg, step, True, world_size=ctx.world_size), final_path)
+        log.info("finished %d steps; wrote %s", step, final_path)
+    ctx.barrier()
     return TrainResult(out, step, True)

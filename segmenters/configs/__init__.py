@@ -4,7 +4,7 @@
 ``fcn8s_vgg16_{paper,tiny}.py`` (FCN-8s VGG16). Every config defines ``model`` (EncoderDecoder),
 ``crop_size`` (h, w), ``train_scale``/``target_scale``/``test_scale`` (w, h), ``optim_wrapper``,
 ``param_scheduler``, ``max_iters``, ``uda``, ``num_classes``, ``batch_size``, ``init_from``,
-``init_strict`` (see SEGMENTERS.md contract 2).
+``init_strict`` (see docs/design.md §8.2).
 """
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 """DeepLab-V2 ResNet-101 (output stride 8) at paper scale: the AdaptSegNet/BDL recipe in mmseg 1.x.
 
-Recipe (reference/uda_mmseg.md 1.3, 2.1-2.2): SGD lr 2.5e-4, momentum 0.9, weight decay 5e-4, head
+Recipe (docs/reference.md §8.1, §8.3, §8.4): SGD lr 2.5e-4, momentum 0.9, weight decay 5e-4, head
 (DLV2Head, 4-branch sum) at 10x lr, poly power 0.9 over BDL's 250k-step schedule stopped at 120k
 (BDL with SSL; 80k without), batch 1. Source GTA5 resized to 1280x720 (SYNTHIA: override
 train_scale=(1280,760)), target Cityscapes 1024x512, test 1024x512 (logits resized to the label).
 
 Choices:
-- Backbone is mmseg's ResNetV1c (deep 3x3 stem), not the Caffe ResNet-101 of DeepLab-V2; ImageNet
-  or DeepLab init weights go in ``init_from`` (loaded weights_only, strict by default).
+- Backbone is mmseg's ResNetV1c (deep 3x3 stem), not the Caffe ResNet-101 of DeepLab-V2. It starts
+  from mmseg's ImageNet ResNetV1c-101 (``init_from = "resnet101_v1c"``, a registry name of
+  domains/weights.py resolved to the weights cache; the head keeps its init). A path works too (e.g. a
+  converted DeepLab init, or a local copy of the file offline); ``None`` trains from scratch.
+  See docs/weights.md.
 - BN affine parameters frozen (``requires_grad=False``) as in AdaptSegNet/BDL, statistics in train
   mode; ``zero_init_residual=False`` so a run without init weights does not start with dead blocks
   whose (frozen) last-BN gamma is 0.
@@ -31,7 +34,7 @@ poly_iters = 250000              # BDL num_steps: lr follows poly over 250k and 
 val_interval = 5000
 checkpoint_interval = 5000
 log_interval = 50
-init_from = None                 # path of init weights (weights_only=True), e.g. a converted DeepLab init
+init_from = "resnet101_v1c"      # ImageNet ResNetV1c-101 (docs/weights.md); a path, or None: from scratch
 init_strict = True
 
 norm_cfg = dict(type="BN", requires_grad=False)
@@ -92,8 +95,12 @@ uda = dict(
     ldr=dict(),
     # ProDA (segmenters/uda/proda.py): teacher = previous stage's final.pth (stages 2/3)
     proda=dict(teacher=None),
-    vgg19_weights=None,
+    vgg19_weights="vgg19",       # LDR perceptual loss: registry name or path; None disables the term
 )
 
 # mixed precision (AmpOptimWrapper) when training on CUDA; ignored on CPU
 amp = True
+
+# --launcher pytorch|slurm (docs/multigpu.md): BatchNorm -> torch.nn.SyncBatchNorm, statistics over the
+# global batch (batch_size x processes); needs CUDA. Ignored without a launcher.
+sync_bn = False

@@ -22,6 +22,7 @@ poly_iters = max_iters
 val_interval = 0                 # no validation inside training: `evaluate` scores the final model
 checkpoint_interval = 100
 log_interval = 10
+init_from = None                 # from scratch (the paper preset loads ImageNet weights)
 
 norm_cfg = dict(type="BN", requires_grad=True)
 data_preprocessor = dict(size=crop_size)
@@ -47,4 +48,5 @@ uda = dict(
     #   i.e. 48.8 of minicity's 256x128 -> 50 (min_crop_ratio 0.5 and T 0.01 as the paper);
     # - CBC stays on, but with full-image crops (crop_size = target_scale) it has no box to choose.
     sepico=dict(alpha=0.9, start_distribution_iter=20, proj_dim=64, rcs_min_pixels=50),
+    vgg19_weights=None,          # LDR perceptual term off (the paper preset uses "vgg19")
 )

@@ -1,4 +1,4 @@
-"""FCN-8s VGG16 at paper scale: BDL's VGG16-FCN8s recipe in mmseg 1.x (reference/uda_mmseg.md 1.4).
+"""FCN-8s VGG16 at paper scale: BDL's VGG16-FCN8s recipe in mmseg 1.x (docs/reference.md §8.2).
 
 Recipe: Adam lr 1e-5 (the BDL paper's VGG learning rate; BDL's code default 2.5e-4 is shared with
 DeepLab and is overridden on its command line), betas (0.9, 0.99), no weight decay, biases at 2x lr,
@@ -9,8 +9,10 @@ batch 1, lambda_adv 1e-4. Sizes as DeepLab-V2: source 1280x720 (SYNTHIA 1280x760
 Model choices (segmenters/models/vgg.py, fcn8s_head.py): VGG16 conv stages from mmcv.cnn.VGG with
 ceil-mode pooling, fc6 7x7 (padded) and fc7 1x1 as convolutions with Dropout2d 0.5, FCN-8s skip
 fusion with the Caffe scales 0.01 (pool4) and 1e-4 (pool3), bilinear upsampling, zero-init scores.
-ImageNet VGG16 weights: convert torchvision's with segmenters.models.vgg.torchvision_vgg16_to_fcn
-and pass the file as ``init_from``.
+ImageNet VGG16 weights: ``init_from = "vgg16"`` (torchvision's vgg16 file, a registry name of
+domains/weights.py resolved to the weights cache and converted on load by
+segmenters.models.vgg.torchvision_vgg16_to_fcn; the head keeps its init). A path works too; ``None``
+trains from scratch. See docs/weights.md.
 """
 arch = "fcn8s"
 preset = "paper"
@@ -25,7 +27,7 @@ max_iters = 120000
 val_interval = 5000
 checkpoint_interval = 5000
 log_interval = 50
-init_from = None
+init_from = "vgg16"              # torchvision ImageNet VGG16 (docs/weights.md); a path, or None: from scratch
 init_strict = True
 
 data_preprocessor = dict(
@@ -82,8 +84,12 @@ uda = dict(
     ldr=dict(),
     # ProDA (segmenters/uda/proda.py): teacher = previous stage's final.pth (stages 2/3)
     proda=dict(teacher=None),
-    vgg19_weights=None,
+    vgg19_weights="vgg19",       # LDR perceptual loss: registry name or path; None disables the term
 )
 
 # mixed precision (AmpOptimWrapper) when training on CUDA; ignored on CPU
 amp = True
+
+# --launcher pytorch|slurm (docs/multigpu.md): BatchNorm -> torch.nn.SyncBatchNorm, statistics over the
+# global batch (batch_size x processes); needs CUDA. Ignored without a launcher.
+sync_bn = False

@@ -92,7 +92,8 @@ class FCNVGG(VGG):
 def torchvision_vgg16_to_fcn(state_dict: dict[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
     """Map a torchvision ``vgg16`` state dict to FCNVGG keys (``features.*`` as is, fc6/fc7 reshaped).
 
-    Use it to convert ImageNet weights once (offline) into a file for ``init_from``.
+    :func:`segmenters.checkpoint.load_init_weights` applies it when ``init_from`` is a torchvision VGG16
+    file (the paper preset's ``"vgg16"``, docs/weights.md), so the download is used as it is.
     """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():

@@ -5,7 +5,7 @@
   (a plain ``EncoderDecoder`` or a registered UDA segmentor wrapping one) and its optimiser config.
 * :class:`UDASegmentor` - an mmseg ``EncoderDecoder`` trained on ``dict(src=..., trg=...)`` batches
   (:class:`segmenters.datasets.UDADataset`) by its own ``train_step`` (the mmseg-1.x UDA pattern,
-  reference/uda_mmseg.md 4.3). Validation/inference are the ``EncoderDecoder``'s, and the
+  docs/reference.md §10.3). Validation/inference are the ``EncoderDecoder``'s, and the
   segmentation network's parameters keep the ``EncoderDecoder`` names, so ``final.pth`` holds a
   plain ``EncoderDecoder`` state dict.
 * :class:`UDAOptimWrapperConstructor` - an ``OptimWrapperDict`` with one optimiser for the
@@ -104,6 +104,10 @@ class UDAMethod:
     uses_source: bool = True
     #: whether the train batches are ``dict(src=..., trg=...)`` pairs (UDADataset)
     paired: bool = False
+    #: whether ``--launcher pytorch|slurm`` may run the method (segmenters.distributed: a method whose
+    #: ``train_step`` steps its optimisers through mmengine optimiser wrappers trains correctly; set
+    #: False for one that does not, and the CLI refuses it, naming the method)
+    supports_launcher: bool = True
 
     def train_dataset(self, cfg: Any, inputs: TrainInputs) -> dict:
         return source_dataset_cfg(cfg, inputs)

@@ -1,7 +1,7 @@
 """BDL segmentation adaptation (Li, Yuan, Vasconcelos, CVPR 2019; ``BDL.py``, derived from AdaptSegNet).
 
-Per iteration, with source batch (x_s, y_s) and target batch x_t (reference/translators.md 7.2,
-uda_mmseg.md 3.3):
+Per iteration, with source batch (x_s, y_s) and target batch x_t (docs/reference.md
+§7.2):
 
 1. segmentation network G, discriminator D frozen::
 

@@ -1,7 +1,7 @@
 """Output-space fully-convolutional discriminator (AdaptSegNet/BDL ``FCDiscriminator``).
 
 Five 4x4 convolutions with stride 2 and padding 1: ``C -> ndf -> 2ndf -> 4ndf -> 8ndf -> 1`` with
-LeakyReLU(0.2) after the first four (reference/uda_mmseg.md 1.3, translators.md 7.2). Input: the
+LeakyReLU(0.2) after the first four (docs/reference.md §7.2, §8.1). Input: the
 segmentor's softmax map (B, C, H, W); output: a (B, 1, H/32, W/32) map of logits ("source" = 0,
 "target" = 1 in BDL's labelling). ``ndf=64`` is the paper width (64-128-256-512-1); the tiny preset
 uses a narrower ``ndf``.

@@ -1,8 +1,8 @@
 """Exponential-moving-average (mean-teacher) update shared by SePiCo and ProDA.
 
-SePiCo (DACS/DAFormer lineage, reference/uda_mmseg.md 3.1) updates its teacher with the schedule
+SePiCo (DACS/DAFormer lineage, docs/reference.md §9.1) updates its teacher with the schedule
 ``alpha_t = min(1 - 1/(t+1), alpha_max)``, alpha_max = 0.999: at t = 0 the teacher becomes a copy of
-the student, then alpha grows towards the cap. ProDA (3.2) uses a fixed alpha = 0.999; pass
+the student, then alpha grows towards the cap. ProDA (§9.2) uses a fixed alpha = 0.999; pass
 ``iteration=None`` for that.
 
 Buffers (BatchNorm running statistics) are where the public codes differ, so it is a choice here:

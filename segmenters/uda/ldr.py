@@ -30,9 +30,11 @@ style X_{t->s} (target-to-source CycleGAN, paper Sec. 3.2; see "Data" below), wi
 * Pre-training of M (paper Sec. 4.3: "first pre-trained by reconstructing source images X_s from the
   corresponding labels Y_s"): for the first ``recon_warmup_iters`` iterations M and D_k learn from
   one-hot Y_s (ignored pixels all-zero) and G gets no reconstruction term (default 0: joint from the start).
-* The VGG19 weights come from ``uda.vgg19_weights`` (a torchvision vgg19 state-dict file, loaded
-  ``weights_only=True``); without it the perceptual term is disabled with a logged warning. The VGG is
-  kept outside the module tree, so it is neither optimised nor written into checkpoints.
+* The VGG19 weights come from ``uda.vgg19_weights``: the registry name ``vgg19`` (the paper presets'
+  default, resolved to the weights cache at start-up, docs/weights.md) or the path of a torchvision
+  vgg19 state-dict file, loaded ``weights_only=True``; with None (the tiny presets) the perceptual
+  term is disabled with a logged warning. The VGG is kept outside the module tree, so it is
+  neither optimised nor written into checkpoints.
 
 Hyper-parameters: ``cfg.uda.ldr`` (dict; keys of :data:`LDR_DEFAULTS`, missing keys take the
 preset's defaults) and ``cfg.uda.vgg19_weights``.
@@ -59,10 +61,11 @@ from mmengine.optim import OptimWrapperDict  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 from ..ldr_networks import (GlobalGenerator, MultiscaleDiscriminator, boltzmann_softmax,  # noqa: E402
-                            feature_matching_loss, load_vgg19_features, lsgan_multiscale, perceptual_loss)
+                            feature_matching_loss, load_vgg19_features, lsgan_multiscale, perceptual_loss,
+                            resolve_vgg19_weights)
 from . import discriminator as _discriminator  # noqa: E402,F401  (registers FCDiscriminator)
-from .base import (SEGMENTOR_KEY, TrainInputs, UDAMethod, UDASegmentor, set_requires_grad,  # noqa: E402
-                   source_dataset_cfg, target_dataset_cfg, uda_param)
+from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDASegmentor,  # noqa: E402
+                   set_requires_grad, source_dataset_cfg, target_dataset_cfg, uda_param)
 from .bdl import DISCRIMINATOR_KEY, adversarial_generator_loss, discriminator_loss  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -118,7 +121,7 @@ class LDRSegmentor(UDASegmentor):
     Args (beyond ``EncoderDecoder``'s): ``discriminator`` (FCDiscriminator cfg), ``lambda_adv``,
     ``lambda_pseudo``, ``use_pseudo`` (as BDL); ``tau``, ``alpha``, ``beta``, ``ngf``,
     ``n_downsample``, ``n_blocks`` (M), ``ndf``, ``n_layers``, ``num_D`` (D_k), ``recon_scale``,
-    ``recon_warmup_iters``, ``vgg19_weights`` (path or None).
+    ``recon_warmup_iters``, ``vgg19_weights`` (path, registry name ``vgg19`` or None).
     """
 
     extra_modules = (DISCRIMINATOR_KEY, RECONSTRUCTOR_KEY, RECON_DISCRIMINATOR_KEY)
@@ -317,9 +320,20 @@ class LDR(UDAMethod):
                      lambda_adv=float(uda_param(cfg, "lambda_adv")),
                      lambda_pseudo=float(uda_param(cfg, "lambda_pseudo")),
                      use_pseudo=inputs.pseudo is not None,
-                     vgg19_weights=uda.get("vgg19_weights", None),
+                     vgg19_weights=self._vgg19_file(uda.get("vgg19_weights", None)),
                      **{k: v for k, v in p.items() if k not in ("m_optimizer", "dk_optimizer")})
         return model
+
+    @staticmethod
+    def _vgg19_file(spec: Any) -> str | None:
+        """``uda.vgg19_weights`` resolved at start-up (before the Runner is built), so a missing file
+        stops the run with one message (:class:`TrainError`) instead of failing in the model build."""
+        if not spec:
+            return None
+        try:
+            return str(resolve_vgg19_weights(spec))
+        except FileNotFoundError as err:
+            raise TrainError(str(err)) from err
 
     def optim_wrapper(self, cfg: Any) -> dict:
         """``segmentor``: the config's; ``discriminator``: ``uda.d_optimizer``; ``reconstructor`` and

@@ -1,4 +1,4 @@
-"""ClassMix domain mixing and the DACS strong augmentation, as used by SePiCo (uda_mmseg.md 3.1).
+"""ClassMix domain mixing and the DACS strong augmentation, as used by SePiCo (docs/reference.md §9.1).
 
 ClassMix (Olsson et al. 2021; DACS, Tranheden et al. 2021): half of the classes present in a
 source label map are picked at random; their source pixels are pasted onto the target image.

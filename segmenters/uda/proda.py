@@ -1,4 +1,4 @@
-"""ProDA (Zhang et al., CVPR 2021; reference/uda_mmseg.md 3.2) as three UDA methods, one per stage.
+"""ProDA (Zhang et al., CVPR 2021; docs/reference.md §9.2) as three UDA methods, one per stage.
 
 ``--uda`` name -> stage (the workflow runs them as rounds 0, 1, 2, 3 of ``results/<pair>_proda_<tr>.csv``):
 
@@ -244,7 +244,7 @@ def load_teacher_weights(module: nn.Module, path: str | Path, what: str) -> None
         raise FileNotFoundError(f"uda.proda.teacher = {path}: file not found ({what}); pass the final.pth "
                                 "of the previous ProDA stage")
     try:
-        load_init_weights(module, path, strict=True)
+        load_init_weights(module, path, strict=True, config_key="uda.proda.teacher", allow_backbone=False)
     except ValueError as err:
         raise ValueError(f"uda.proda.teacher: {path} does not match the student network ({what}); it must be "
                          f"a final.pth of the same arch/preset: {err}") from err
@@ -487,7 +487,7 @@ class ProDADistillSegmentor(_ProDAMixin, UDASegmentor):
 # --------------------------------------------------------------------------------------------------
 # UDA methods (what `python -m segmenters train --uda proda_*` builds)
 def _proda_optim(cfg: Any, seg: dict, stage: str) -> dict:
-    """At preset paper: ProDA's SGD (uda_mmseg.md 1.3); elsewhere the config's optimiser as is."""
+    """At preset paper: ProDA's SGD (docs/reference.md §8.1); elsewhere the config's optimiser as is."""
     if str(cfg.get("preset", "")) != "paper":
         return seg
     pc, _ = _split_settings(proda_settings(cfg))

@@ -1,6 +1,6 @@
 """ProDA components (Zhang et al., "Prototypical Pseudo Label Denoising and Target Structure Learning
 for Domain Adaptive Semantic Segmentation", CVPR 2021; public code microsoft/ProDA; facts in
-reference/uda_mmseg.md 3.2).
+docs/reference.md §9.2).
 
 Pure functions and small modules; the stage-1/2/3 segmentors that wire them are built on
 ``segmenters.uda.base.UDASegmentor``. The EMA teacher uses :func:`segmenters.uda.ema.ema_update`
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..collectives import all_gather_cat
+
 # --------------------------------------------------------------------------------------------------
 # configuration
 
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 class ProDAConfig:
     """ProDA hyper-parameters; defaults are the public code's stage-1 GTA->CS command line
     (``--proto_rectify --moving_prototype --ema --rce --proto_consistW 10 --regular_w 0.1``) and the
-    stage-2/3 settings (uda_mmseg.md 1.3, 3.2)."""
+    stage-2/3 settings (docs/reference.md §8.1, §9.2)."""
 
     stage: Literal["stage1", "stage2", "stage3"] = "stage1"
     # prototypes and rectification (stage 1)
@@ -183,6 +185,8 @@ class PrototypeMemory(nn.Module):
       like the public code the count is capped at ``mean_count_cap`` (3000), after which the mean
       turns into a moving average with weight 1/(cap+1).
     * Classes absent from a batch keep their prototype. State is in buffers.
+    * Distributed training: the images of every rank are folded in, in rank order
+      (:mod:`segmenters.collectives`; equal batch sizes on all ranks), so the ranks stay identical.
     """
 
     def __init__(self, num_classes: int, dim: int, momentum: float = 1e-4, min_pixels: int = 10,
@@ -219,7 +223,10 @@ class PrototypeMemory(nn.Module):
             raise ValueError(f"PrototypeMemory.update: mode must be 'moving_average' or 'mean', got {mode!r}")
         vectors, present = class_mean_vectors(features.detach(), labels, self.num_classes, self.min_pixels,
                                               self.ignore_index)
-        vectors = vectors.to(self.prototypes.dtype)
+        # under --launcher: every rank's images, in rank order (no-op in one process), so all ranks
+        # hold the same prototypes
+        vectors = all_gather_cat(vectors.to(self.prototypes.dtype))
+        present = all_gather_cat(present)
         for v, p in zip(vectors, present):  # images in order, as the public code
             idx = p.nonzero().flatten()
             if idx.numel() == 0:

@@ -1,6 +1,6 @@
 """Class-balanced cropping (CBC) of target pseudo-labels and rare class sampling (RCS) of the source.
 
-Both come from SePiCo's GTA->Cityscapes recipe (reference/uda_mmseg.md 3.1; RCS is DAFormer's).
+Both come from SePiCo's GTA->Cityscapes recipe (docs/reference.md §9.1; RCS is DAFormer's).
 
 **CBC** (SePiCo ``ours_transforms.RandomCrop`` with ``prod=True``): the target image arrives uncropped
 (the pipeline only resizes it to ``target_scale``); after the teacher has labelled it, ``tries`` (10)

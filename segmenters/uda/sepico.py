@@ -1,5 +1,5 @@
 """SePiCo: semantic-guided pixel contrast on a DACS mean-teacher (Xie et al., TPAMI 2023;
-reference/uda_mmseg.md 3.1), as an mmseg segmentor with its own ``train_step``.
+docs/reference.md §9.1), as an mmseg segmentor with its own ``train_step``.
 
 Per iteration t (0-based, read from mmengine's ``MessageHub`` ``'iter'`` so it survives a resume),
 with a source batch (x_s, y_s) and a target batch x_t:

@@ -1,5 +1,5 @@
 """SePiCo components (Xie et al., "SePiCo: Semantic-Guided Pixel Contrast for Domain Adaptive Semantic
-Segmentation", TPAMI 2023; public code BIT-DA/SePiCo, facts in reference/uda_mmseg.md 3.1).
+Segmentation", TPAMI 2023; public code BIT-DA/SePiCo, facts in docs/reference.md §9.1).
 
 Pure functions and small modules; the segmentor that wires them (teacher, mixing, gating by
 iteration) is built on ``segmenters.uda.base.UDASegmentor``.
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..collectives import all_reduce_sum_
+
 # --------------------------------------------------------------------------------------------------
 # configuration
 
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 @dataclass(frozen=True)
 class SePiCoConfig:
     """SePiCo hyper-parameters; defaults are the paper-scale values (experiments.py id 1: GTA->CS,
-    DistCL, DeepLab-V2 R101, uda_mmseg.md 3.1). The segmentor gates the contrastive terms with
+    DistCL, DeepLab-V2 R101, docs/reference.md §9.1). The segmentor gates the contrastive terms with
     ``start_distribution_iter``; ``psweight_ignore_top/bottom`` are pixel rows of a
     ``crop_size`` crop (use :meth:`ignore_rows` at other sizes)."""
 
@@ -176,7 +178,7 @@ def class_balanced_crop_box(pseudo_label: Tensor, crop_size: tuple[int, int], ca
                             tries: int = 10, generator: torch.Generator | None = None,
                             ignore_index: int = 255) -> CropBox:
     """Class-balanced crop box on one target pseudo-label ``(H, W)`` (SePiCo CBC, ``ours_transforms
-    .RandomCrop``; uda_mmseg.md 3.1): :func:`segmenters.uda.sampling.class_balanced_crop_boxes` for a
+    .RandomCrop``; docs/reference.md §9.1): :func:`segmenters.uda.sampling.class_balanced_crop_boxes` for a
     batch of one. ``tries`` random boxes of ``crop_size`` (h, w); a box is *balanced* when its
     pseudo-label holds more than one class and the largest covers less than ``cat_max_ratio`` of its
     non-ignored pixels; it scores ``sum_k log n_k`` over classes with n_k > 1 pixels, unbalanced boxes
@@ -301,6 +303,8 @@ class ClassStatistics(nn.Module):
     The memory bank (``memory_length`` L > 0) keeps, per class, the last L batch means m_k (the public
     code's deque of per-update class means), in a ring buffer so it checkpoints with the module.
     All state is in buffers (saved in the training checkpoint, stripped from ``final.pth``).
+    In distributed training the batch counts, sums and squared deviations are summed over the ranks
+    (:mod:`segmenters.collectives`): every rank folds in the global batch and keeps the same state.
     """
 
     def __init__(self, num_classes: int, feat_dim: int, momentum: float | None = None,
@@ -339,13 +343,15 @@ class ClassStatistics(nn.Module):
         f = features.detach()[keep].to(self.mean.dtype)
         y = labels[keep].long()
         c = self.num_classes
-        n = torch.bincount(y, minlength=c).to(self.mean.dtype)  # (C,)
+        # under --launcher the batch is the union of every rank's (sums over ranks; no-op otherwise),
+        # so all ranks hold the same statistics; every rank makes the same collective calls
+        n = all_reduce_sum_(torch.bincount(y, minlength=c).to(self.mean.dtype))  # (C,)
         present = n > 0
         if not bool(present.any()):
             return present
-        sums = torch.zeros_like(self.mean).index_add_(0, y, f)
+        sums = all_reduce_sum_(torch.zeros_like(self.mean).index_add_(0, y, f))
         m = sums / n.clamp(min=1)[:, None]
-        v = torch.zeros_like(self.mean).index_add_(0, y, (f - m[y]) ** 2) / n.clamp(min=1)[:, None]
+        v = all_reduce_sum_(torch.zeros_like(self.mean).index_add_(0, y, (f - m[y]) ** 2)) / n.clamp(min=1)[:, None]
         seen = self.count.to(self.mean.dtype)
         if self.momentum is None:
             w = n / (n + seen).clamp(min=1)

@@ -104,6 +104,9 @@ class TranslatorMethod(nn.Module):
     """Base class. Subclasses build their networks and implement the hooks below."""
 
     name = "base"
+    #: set by multi-process training (translators.distributed.all_reduce_mean): logged losses are
+    #: averaged over ranks before the non-finite check, so every rank raises (or not) together
+    log_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, cfg: TranslatorConfig) -> None:
         super().__init__()
@@ -294,10 +297,13 @@ class TranslatorMethod(nn.Module):
         return 0.5 * (fake_term + lsgan_loss(chunks[-1], True))
 
     # ------------------------------------------------------------------ one iteration
-    @staticmethod
-    def _finite(logs: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _finite(self, logs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss floats (rank means under :attr:`log_reducer`); NonFiniteLossError on NaN/Inf."""
         names = list(logs)
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in names]).cpu().tolist()
+        values = torch.stack([logs[k].detach().float().reshape(()) for k in names])
+        if self.log_reducer is not None:
+            values = self.log_reducer(values)
+        values = values.cpu().tolist()
         for k, v in zip(names, values):
             if v != v or v in (float("inf"), float("-inf")):
                 raise NonFiniteLossError(k, v)

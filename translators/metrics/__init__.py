@@ -5,7 +5,7 @@
 * :mod:`.distortion` -- semantic distortion: row-normalised label->prediction confusion on refined
   images minus the same on the untranslated source; top class flows and a heat map.
 * :mod:`.fid` / :mod:`.features` -- FID and KID for any feature extractor; the FID Inception-V3
-  loaded from a weights file given by path.
+  loaded from a weights file given by path or by the registry name ``pt_inception`` (docs/weights.md).
 * :mod:`.maps` -- Photo->Map RMSE and pixel accuracy at delta = 5, 10.
 
 Every function is independent of the workflow; the CLI writes one-row CSVs atomically. Submodules

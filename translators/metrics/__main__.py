@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--real-limit", type=int, default=None, help="use at most N real images, spread evenly")
     g.add_argument("--inception-weights", default=None,
                    help="FID Inception-V3 weights (pt_inception-2015-12-05-6726825d.pth of pytorch-fid or "
-                        "weights-inception-2015-12-05-6726825d.pth of torch-fidelity); default $FID_INCEPTION_WEIGHTS")
+                        "weights-inception-2015-12-05-6726825d.pth of torch-fidelity), or the registry name "
+                        "pt_inception (the file in the weights cache, docs/weights.md); default $FID_INCEPTION_WEIGHTS")
     g.add_argument("--features", choices=("inception", "random"), default="inception",
                    help="random: a fixed random conv net, for smoke tests only (values not comparable)")
     g.add_argument("--kid-subsets", type=int, default=100)

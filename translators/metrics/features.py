@@ -5,9 +5,11 @@ features and has ``dim`` (D), ``input_size`` ((h, w) every image is resized to b
 or None to keep sizes) and ``name`` (written to result CSVs) is a :class:`FeatureExtractor`; the
 statistics in :mod:`translators.metrics.fid` never look inside it.
 
-:class:`InceptionFeatures` loads the Inception weights from a **file given by path** (the weights
-cannot be downloaded on our machines; see :func:`load_inception`). Supported files, recognised by
-their keys (``torch.load(..., weights_only=True)``, a plain state dict):
+:class:`InceptionFeatures` loads the Inception weights from a **file given by path**, or by the
+registry name ``pt_inception`` of domains/weights.py (the file in the weights cache, fetched with
+``python -m domains.weights fetch pt_inception`` on a machine with internet; nothing is downloaded
+here; see :func:`load_inception` and docs/weights.md). Supported files, recognised by their keys
+(``torch.load(..., weights_only=True)``, a plain state dict):
 
 * ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid release asset) and
   ``weights-inception-2015-12-05-6726825d.pth`` (torch-fidelity release asset): the TF FID
@@ -41,12 +43,16 @@ logger = logging.getLogger(__name__)
 #: what to tell a user who has no weights file
 INCEPTION_HELP = (
     "FID/KID need the FID Inception-V3 weights file, which cannot be downloaded here. On a machine "
-    "with internet, fetch pt_inception-2015-12-05-6726825d.pth from the pytorch-fid GitHub releases "
-    "(github.com/mseitzer/pytorch-fid/releases, v0.1.0) or weights-inception-2015-12-05-6726825d.pth "
-    "from the torch-fidelity releases (github.com/toshas/torch-fidelity/releases, v0.2.0), copy it "
-    "here and pass --inception-weights PATH (or set FID_INCEPTION_WEIGHTS=PATH)."
+    "with internet, run `python -m domains.weights fetch pt_inception` (or fetch "
+    "pt_inception-2015-12-05-6726825d.pth from the pytorch-fid GitHub releases, "
+    "github.com/mseitzer/pytorch-fid/releases, v0.1.0, or weights-inception-2015-12-05-6726825d.pth "
+    "from the torch-fidelity releases, github.com/toshas/torch-fidelity/releases, v0.2.0), copy it "
+    "here and pass --inception-weights PATH (or set FID_INCEPTION_WEIGHTS=PATH); with the file in the "
+    "weights cache (docs/weights.md) --inception-weights pt_inception finds it."
 )
 WEIGHTS_ENV = "FID_INCEPTION_WEIGHTS"
+#: registry name of domains/weights.py accepted in place of a path
+REGISTRY_NAME = "pt_inception"
 
 
 class InceptionWeightsError(MetricsInputError):
@@ -131,11 +137,19 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def resolve_weights_path(path: str | os.PathLike | None) -> Path:
-    """``path`` or ``$FID_INCEPTION_WEIGHTS``; :class:`InceptionWeightsError` when neither names a file."""
+    """``path`` or ``$FID_INCEPTION_WEIGHTS``: a file, or the registry name ``pt_inception`` (its file in
+    the weights cache of domains/weights.py); :class:`InceptionWeightsError` when neither names a file."""
     if path is None:
         path = os.environ.get(WEIGHTS_ENV)
     if not path:
         raise InceptionWeightsError(f"no Inception weights file given. {INCEPTION_HELP}")
+    if os.fspath(path) == REGISTRY_NAME:
+        from domains.weights import MissingWeightsError, resolve
+
+        try:
+            return resolve(REGISTRY_NAME, f"--inception-weights (or ${WEIGHTS_ENV})")
+        except MissingWeightsError as err:
+            raise InceptionWeightsError(str(err)) from err
     path = Path(path)
     if not path.is_file():
         raise InceptionWeightsError(f"Inception weights file {path} does not exist. {INCEPTION_HELP}")

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "workflow" / "lib"))
 
+from wflib import distributed as wfd  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
 from wflib.codehash import code_hash  # noqa: E402
 from wflib.rounds import decide  # noqa: E402
@@ -30,6 +31,10 @@ except wfc.ConfigError as err:
     raise _config_error(err)
 validate(config, schema="../schemas/config.schema.yaml")
 try:
+    wfd.check_resources(config["resources"])
+except wfd.DistConfigError as err:
+    raise _config_error(err)
+try:
     wfc.check_names(config)
     DATASETS = wfc.dataset_table(config)
     MINICITY = wfc.minicity_table(config)
@@ -41,7 +46,7 @@ PYTHON = config["python"] or sys.executable
 SHELL_PREFIX = "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(shlex.quote(str(REPO)))
 RESUMABLE = str(REPO / "workflow" / "scripts" / "resumable.py")
 
-# Hash of the package sources each stage runs (DESIGN.md section 3): a change in translators/
+# Hash of the package sources each stage runs (docs/design.md §3.9): a change in translators/
 # reruns translator training, refinement and everything downstream, never data preparation.
 CODE = {
     "data": code_hash(REPO, ["domains"]),
@@ -189,6 +194,41 @@ def gpu_for(pair):
 
 def training_gpu(wc):
     return gpu_for(wc.pair)
+
+
+def _processes(wc, group):
+    """(gpus, nodes) of a training job: config keys resources.<preset>.<group>.gpus / .nodes."""
+    preset = _preset_of_wildcards(wc)
+    try:
+        return wfd.processes(_res(group, preset), f"resources.{preset}.{group}")
+    except wfd.DistConfigError as err:
+        raise _config_error(err)
+
+
+def train_command(group, package):
+    """Param: `<python> -m <package> train`, or its torchrun / srun form for gpus x nodes > 1 (wflib.distributed)."""
+
+    def command(wc):
+        gpus, nodes = _processes(wc, group)
+        plugin = workflow.executor_plugin
+        mode = wfd.launch_mode(plugin.name if plugin is not None else None, gpus, nodes, os.environ)
+        try:
+            return wfd.train_command(PYTHON, package, gpus, nodes, mode,
+                                     cpus_per_task=_res(group, _preset_of_wildcards(wc))["threads"])
+        except wfd.DistConfigError as err:
+            raise _config_error(err)
+
+    return command
+
+
+def training_resources(group):
+    """Resources of a training rule: `gpu` (as before for one process) and, for gpus x nodes > 1, the
+    SLURM task geometry (wflib.distributed.job_resources); use as `**training_resources("segment")`."""
+
+    def one(key):
+        return lambda wc: wfd.job_resources(*_processes(wc, group), bool(training_gpu(wc)))[key]
+
+    return {key: one(key) for key in wfd.RESOURCE_KEYS}
 
 
 # ---------------------------------------------------------------- paths of each round

@@ -23,7 +23,7 @@ ruleorder: proda_pseudolabel > pseudolabel
 PRODA_TRAIN_SHELL = (
     "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
     " --key-input {input} --"
-    " {params.python} -m segmenters train --arch {params.arch} --preset {params.preset} --uda {params.uda}"
+    " {params.train} --arch {params.arch} --preset {params.preset} --uda {params.uda}"
     " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags} > {log} 2>&1"
 )
 
@@ -37,6 +37,7 @@ rule proda_warmup:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("segment", "segmenters"),
         state=SEGMENTER_STATE,
         uda="proda_warmup",
         arch=lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"],
@@ -48,7 +49,7 @@ rule proda_warmup:
     resources:
         mem_mb=resource("segment", "mem_mb"),
         runtime=resource("segment", "runtime"),
-        gpu=training_gpu,
+        **training_resources("segment"),
     log:
         "logs/{pair}/segment/proda_{translator}_r0.log",
     benchmark:
@@ -95,6 +96,7 @@ rule proda_stage1:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("segment", "segmenters"),
         state=SEGMENTER_STATE,
         uda="proda_stage1",
         arch=lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"],
@@ -106,7 +108,7 @@ rule proda_stage1:
     resources:
         mem_mb=resource("segment", "mem_mb"),
         runtime=resource("segment", "runtime"),
-        gpu=training_gpu,
+        **training_resources("segment"),
     log:
         "logs/{pair}/segment/proda_{translator}_r1.log",
     benchmark:
@@ -158,6 +160,7 @@ rule proda_distill:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("segment", "segmenters"),
         state=SEGMENTER_STATE,
         uda="proda_distill",
         arch=lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"],
@@ -169,7 +172,7 @@ rule proda_distill:
     resources:
         mem_mb=resource("segment", "mem_mb"),
         runtime=resource("segment", "runtime"),
-        gpu=training_gpu,
+        **training_resources("segment"),
     log:
         "logs/{pair}/segment/proda_{translator}_r{k}.log",
     benchmark:

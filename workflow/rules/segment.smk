@@ -12,6 +12,7 @@ rule segmenter_train:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("segment", "segmenters"),
         state=SEGMENTER_STATE,
         arch=lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"],
         preset=lambda wc: preset_of(wc.pair),
@@ -22,7 +23,7 @@ rule segmenter_train:
     resources:
         mem_mb=resource("segment", "mem_mb"),
         runtime=resource("segment", "runtime"),
-        gpu=training_gpu,
+        **training_resources("segment"),
     log:
         "logs/{pair}/segment/{uda}_{translator}_r{k}.log",
     benchmark:
@@ -32,5 +33,5 @@ rule segmenter_train:
     shell:
         "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
         " --key-input {input} --"
-        " {params.python} -m segmenters train --arch {params.arch} --preset {params.preset} --uda {wildcards.uda}"
+        " {params.train} --arch {params.arch} --preset {params.preset} --uda {wildcards.uda}"
         " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule translator_train:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("translate", "translators"),
         state=TRANSLATOR_STATE,
         out=lambda wc, output: os.path.dirname(output[0]),
         flags=lambda wc: translator_flags(wc, 0),
@@ -23,7 +24,7 @@ rule translator_train:
     resources:
         mem_mb=resource("translate", "mem_mb"),
         runtime=resource("translate", "runtime"),
-        gpu=training_gpu,
+        **training_resources("translate"),
     log:
         "logs/{pair}/translate/{translator}_r0.log",
     benchmark:
@@ -33,7 +34,7 @@ rule translator_train:
     shell:
         "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
         " --key-input {input} --"
-        " {params.python} -m translators train --config {input.config} --source {input.src} --target {input.tgt}"
+        " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
         " --out {params.out} --no-progress {params.guide} {params.flags} > {log} 2>&1"
 
 
@@ -46,6 +47,7 @@ rule translator_finetune:
     params:
         python=PYTHON,
         launcher=RESUMABLE,
+        train=train_command("translate", "translators"),
         state=TRANSLATOR_STATE,
         out=lambda wc, output: os.path.dirname(output[0]),
         flags=lambda wc: translator_flags(wc, int(wc.k)),
@@ -54,7 +56,7 @@ rule translator_finetune:
     resources:
         mem_mb=resource("translate", "mem_mb"),
         runtime=resource("translate", "runtime"),
-        gpu=training_gpu,
+        **training_resources("translate"),
     log:
         "logs/{pair}/translate/{uda}_{translator}_r{k}.log",
     benchmark:
@@ -64,6 +66,6 @@ rule translator_finetune:
     shell:
         "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
         " --key-input {input} --"
-        " {params.python} -m translators train --config {input.config} --source {input.src} --target {input.tgt}"
+        " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
         " --out {params.out} --init {input.prev} --feedback-segmenter {input.segmenter} --no-progress {params.flags}"
         " > {log} 2>&1"

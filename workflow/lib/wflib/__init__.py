@@ -2,7 +2,8 @@
 
 Kept out of the Snakefile so they are unit-testable: config loading and name checks
 (:mod:`wflib.pipeline_config`), round decisions (:mod:`wflib.rounds`), source hashing
-(:mod:`wflib.codehash`), resumable launching (:mod:`wflib.launch`), figures
+(:mod:`wflib.codehash`), resumable launching (:mod:`wflib.launch`), multi-process training
+commands and SLURM resources (:mod:`wflib.distributed`), figures
 (:mod:`wflib.figures`), summary tables (:mod:`wflib.tables`, :mod:`wflib.table`) and the
 multi-seed method comparison (:mod:`wflib.compare`). The stage packages (domains, segmenters,
 translators) never import this.

@@ -1,4 +1,4 @@
-"""Content hash of the package sources a rule runs (DESIGN.md section 3).
+"""Content hash of the package sources a rule runs (docs/design.md §3.9).
 
 Every rule puts ``code_hash(repo, [...packages])`` in its ``params``; Snakemake's default
 ``params`` rerun trigger then reruns a stage (and everything downstream) exactly when the code it

@@ -1,4 +1,4 @@
-"""When to run another round (DESIGN.md section 3, "Stop when mIoU(k) - best < rounds.min_delta").
+"""When to run another round (docs/design.md §3.2: "stop when mIoU(k) - best < rounds.min_delta").
 
 Round k+1 is requested only when the UDA method is multi-round, ``k < max_round`` and
 ``score(k) - max(score(0..k-1)) >= min_delta`` (round 0 has no previous round, so it always
