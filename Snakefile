@@ -1,4 +1,4 @@
-# Two-stage UDA pipeline for street-scene segmentation (DESIGN.md): data -> translator -> refined
+# Two-stage UDA pipeline for street-scene segmentation (docs/design.md): data -> translator -> refined
 # source set -> segmenter (UDA) -> pseudo-labels -> next round, until target mIoU stops improving.
 # Targets: results/<pair>_<uda>_<translator>.csv, e.g.
 #   snakemake --cores 2 --profile workflow/profiles/default results/minicity_bdl_semst.csv

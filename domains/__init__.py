@@ -1,4 +1,4 @@
 """Dataset formats (GTA5, SYNTHIA, Cityscapes), label maps, preparation and the minicity benchmark.
 
-``domains`` imports neither ``segmenters`` nor ``translators`` (DESIGN.md section 2).
+``domains`` imports neither ``segmenters`` nor ``translators`` (docs/design.md §2.2).
 """

@@ -2,7 +2,7 @@
 
 Labels are palette ('P') PNGs whose pixel *indices* are Cityscapes label ids (0..33), so they
 are read with PIL (cv2 would return the palette colours) and mapped with the Cityscapes
-id -> trainId table (reference/eval.md 3.1). Every frame goes to split ``train`` (BDL uses all
+id -> trainId table (docs/reference.md §11.3). Every frame goes to split ``train`` (BDL uses all
 24,966). Some downloads lack a few frames: a missing pair is an error unless ``skip_missing``.
 """
 from __future__ import annotations

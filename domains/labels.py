@@ -1,7 +1,7 @@
 """Label definitions shared by every dataset: Cityscapes' 19 train classes and the id maps.
 
 The Cityscapes table comes from ``cityscapesscripts.helpers.labels`` (the official one);
-GTA5 uses Cityscapes label ids, SYNTHIA has its own ids (reference/eval.md section 3.2).
+GTA5 uses Cityscapes label ids, SYNTHIA has its own ids (docs/reference.md §11.3, §11.4).
 """
 from __future__ import annotations
 

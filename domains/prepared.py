@@ -1,4 +1,4 @@
-"""The prepared-dataset contract every later stage reads (DESIGN.md section 3).
+"""The prepared-dataset contract every later stage reads (docs/design.md §3.3).
 
 ``data/prepared/<name>/`` holds::
 

@@ -4,7 +4,7 @@ Labels are 16-bit multi-channel PNGs (class id in R, instance id in G) that PIL 
 decode faithfully; they are read with ``cv2.IMREAD_UNCHANGED`` (BGR(A) order) and the class id
 is taken from channel 2, the R channel; for the 3-channel files SYNTHIA ships that is the
 ``[:, :, -1]`` used by DAFormer's converter, and it stays correct if a re-save added alpha.
-Ids map with the SYNTHIA -> Cityscapes-trainId table (reference/eval.md 3.2). All -> ``train``.
+Ids map with the SYNTHIA -> Cityscapes-trainId table (docs/reference.md §11.4). All -> ``train``.
 """
 from __future__ import annotations
 

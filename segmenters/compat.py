@@ -1,6 +1,6 @@
 """MMSegmentation 1.2.2 on this stack (torch 2.14, mmcv-lite 2.1.0): two small compatibility shims.
 
-1. ``mmcv.ops`` stand-in (DESIGN.md section 5, reference/uda_mmseg.md 4.1.2).
+1. ``mmcv.ops`` stand-in (docs/design.md §5, docs/reference.md §10.1).
    ``import mmseg.models`` runs ``from mmcv.ops import point_sample`` (and ``sigmoid_focal_loss``) at
    module level; with mmcv-lite, ``import mmcv.ops`` fails because the compiled ``mmcv._ext`` is
    missing. :func:`install_mmcv_ops_stand_in` puts a small module in ``sys.modules['mmcv.ops']``
@@ -16,7 +16,7 @@
    When a compiled mmcv is present (``mmcv._ext`` importable) or ``mmcv.ops`` is already imported,
    the function does nothing, so the optional full-mmcv install is used as is.
 
-2. ``torch.load(weights_only=...)`` policy (DESIGN.md section 5, uda_mmseg.md 4.1.4).
+2. ``torch.load(weights_only=...)`` policy (docs/design.md §5, docs/reference.md §10.2).
    torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 calls
    ``torch.load(filename, map_location=...)`` without the argument, so resuming a Runner checkpoint
    (it pickles ``HistoryBuffer`` and numpy objects in ``message_hub``) fails. Choice made here:

@@ -12,7 +12,7 @@
   ``InfiniteSampler``; ``pseudo_collate`` collates the nested dicts as is).
 * :func:`train_pipeline` / :func:`val_pipeline` - pipelines that resize image AND label to a fixed
   ``(w, h)`` with ``keep_ratio=False`` (so refined images of any size stay aligned with their
-  labels; reference/uda_mmseg.md 3.4), then crop/flip for training.
+  labels; docs/reference.md §9.3), then crop/flip for training.
 """
 from __future__ import annotations
 

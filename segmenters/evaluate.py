@@ -1,6 +1,6 @@
 """``python -m segmenters evaluate``: score a ``final.pth`` on a labelled target split.
 
-Protocol (AdaptSegNet/ADVENT practice, reference/eval.md section 6): every image is resized
+Protocol (AdaptSegNet/ADVENT practice, docs/reference.md §11.7): every image is resized
 (bilinear) to the checkpoint's ``test_scale`` (w, h), the segmenter predicts logits, the
 **logits** are bilinearly upsampled (align_corners=False) to the label's native size, argmax
 gives trainIds, and one confusion matrix is accumulated over the whole split (ignore = 255).

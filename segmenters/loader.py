@@ -1,4 +1,4 @@
-"""The one public way to use a trained segmenter: :func:`load_segmenter` (SEGMENTERS.md contract 5).
+"""The one public way to use a trained segmenter: :func:`load_segmenter` (docs/design.md §8.5).
 
 Used by evaluation, pseudo-labelling and the translators' semantic feedback. ``final.pth`` is read
 with ``weights_only=True``; the EncoderDecoder is rebuilt from ``meta["model_cfg"]`` and frozen.

@@ -1,6 +1,6 @@
 """Semantic-segmentation metrics from a dataset-level confusion matrix (pure numpy functions).
 
-Conventions (reference/eval.md sections 2.2 and 6):
+Conventions (docs/reference.md §11.2 and §11.7):
 
 - ``confusion_matrix`` counts GT rows x predicted columns over the pixels whose GT is a valid class
   (``0 <= gt < num_classes``); ignore pixels (255) and any other out-of-range GT are dropped, so a

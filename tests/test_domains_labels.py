@@ -1,4 +1,4 @@
-"""Label tables of domains/labels.py against cityscapesscripts and reference/eval.md."""
+"""Label tables of domains/labels.py against cityscapesscripts and docs/reference.md §11.3, §11.4."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from domains import labels
 CS_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
             "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
             "bicycle")
-#: reference/eval.md 3.1 (AdaptSegNet/ADVENT/DAFormer GTA5 dict)
+#: docs/reference.md §11.3 (AdaptSegNet/ADVENT/DAFormer GTA5 dict)
 GTA5_REF = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
             27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 SYNTHIA_REF = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13,

@@ -20,7 +20,7 @@ from domains.synthia import Synthia
 
 W, H = 32, 16
 CS_IDS = np.arange(34)
-#: reference/eval.md 3.2 (DAFormer/BDL/ADVENT), written out independently of domains.labels
+#: docs/reference.md §11.4 (DAFormer/BDL/ADVENT), written out independently of domains.labels
 SYNTHIA_REF = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11,
                17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18}
 
@@ -160,7 +160,7 @@ def test_synthia_reader_uses_r_channel_and_table(tmp_path):
     assert [s.stem for s in samples] == sorted(truth)
     for stem, _, label in samples:
         np.testing.assert_array_equal(reader.read_label(label), synthia_trainid(truth[stem]))
-    # the table the reader uses is the one of reference/eval.md 3.2
+    # the table the reader uses is the one of docs/reference.md §11.4
     assert {i: int(reader.lut[i]) for i in range(23) if reader.lut[i] != 255} == SYNTHIA_REF
 
 

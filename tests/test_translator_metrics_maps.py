@@ -1,4 +1,4 @@
-"""Photo->Map RMSE and acc@delta on hand-made images (reference/eval.md section 5)."""
+"""Photo->Map RMSE and acc@delta on hand-made images (docs/reference.md §11.6)."""
 from __future__ import annotations
 
 import math

@@ -32,7 +32,7 @@ def test_generator_output_shape_and_range(small_g):
 
 
 def test_cut_taps_at_nine_blocks():
-    """Taps 0,4,8,12,16 (reference 1.3): padded RGB, pre-norm conv at full res (2ngf), pre-norm
+    """Taps 0,4,8,12,16 (docs/reference.md §1.3): padded RGB, pre-norm conv at full res (2ngf), pre-norm
     conv at H/2 (4ngf), output of residual block 1 and block 5 (4ngf at H/4)."""
     g = ResnetGenerator(ngf=4, n_blocks=9)
     m = g.model

@@ -1,6 +1,6 @@
 """Translator configuration: dataclasses, YAML loading and ``--set key=value`` overrides.
 
-A config is data (DESIGN.md section 7): one :class:`TranslatorConfig` with sections ``model``,
+A config is data (docs/design.md §7): one :class:`TranslatorConfig` with sections ``model``,
 ``data``, ``loss``, ``semst``, ``train`` and ``refine``. YAML files may name a ``_base_`` file
 (path relative to the YAML) whose values they override, so ablation configs stay one-liners.
 Unknown keys (in YAML or ``--set``) and wrongly typed values raise :class:`ConfigError` naming the

@@ -1,4 +1,4 @@
-"""Semantic-consistency feedback from a frozen segmenter (BDL, reference/translators.md 7.1).
+"""Semantic-consistency feedback from a frozen segmenter (BDL, docs/reference.md §7.1).
 
 L_sem(x, G(x)) = weight * mean( (IN(f(x)) - IN(f(G(x))))^2 ),
 

@@ -2,12 +2,12 @@
 
 Four parallel 3x3 convolutions with dilation = padding in ``dilations`` go from the backbone's last
 stage (2048 channels for ResNet-101 at output stride 8) straight to ``num_classes``; their outputs
-are SUMMED - no BN, no ReLU, no concatenation, no image pooling (reference/uda_mmseg.md 2.1).
+are SUMMED - no BN, no ReLU, no concatenation, no image pooling (docs/reference.md §8.3).
 Weights N(0, 0.01), biases 0.
 
 ``dilations=(6, 12, 18, 24)`` (default) is the DeepLab-V2 / BDL head. ``dilations=(6, 12)``
 reproduces the AdaptSegNet-lineage code, whose ``return`` inside the branch loop sums only the first
-two branches (DAFormer keeps it on purpose; uda_mmseg.md 2.1).
+two branches (DAFormer keeps it on purpose; docs/reference.md §8.3).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class DLV2Head(BaseDecodeHead):
                                  "head has no hidden channels, dropout, norm or activation)")
             kwargs.pop(key, None)
         # BaseDecodeHead's default init_cfg overrides 'conv_seg', which is deleted below; without this
-        # override runner.train() fails with "module did not have attribute conv_seg" (uda_mmseg.md 2.2).
+        # override runner.train() fails: "module did not have attribute conv_seg" (docs/reference.md §8.4).
         kwargs.setdefault("init_cfg", dict(type="Normal", std=0.01, override=dict(name="aspp_modules")))
         super().__init__(channels=1, dropout_ratio=0, norm_cfg=None, act_cfg=None, **kwargs)
         del self.conv_seg

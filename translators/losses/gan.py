@@ -1,4 +1,4 @@
-"""LSGAN loss (Mao et al. 2017) as used by CUT (``--gan_mode lsgan``, reference 1.2/1.4).
+"""LSGAN loss (Mao et al. 2017) as used by CUT (``--gan_mode lsgan``, docs/reference.md §1.2, §1.4).
 
 SemST's supplement writes the log-likelihood GAN objective (supp. Eq. 1) but builds on CUT/SRC
 code, whose default is LSGAN; LSGAN is used here. G's term: lsgan_loss(D(G(x)), True);

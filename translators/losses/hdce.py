@@ -8,7 +8,7 @@ Decoupled contrastive loss (DCE, Yeh et al. 2022): the positive is removed from 
 with q = output (fake) patch embeddings, k = input (real) patch embeddings of the same image,
 k detached. Two ways to apply the hard-negative weights w_ij (``form``):
 
-* ``"src"`` (default; what the SRC code does, reference/translators.md 2.2): the weight scales the
+* ``"src"`` (default; what the SRC code does, docs/reference.md §2.2): the weight scales the
   similarity logit, ``exp(w_ij * q_i.k_j / tau)``.
 * ``"paper"`` (SemST Eq. 9 / Robinson et al. 2021): the weight scales the exponential,
   ``w_ij * exp(q_i.k_j / tau)``. Since w is detached, any per-row rescaling of w (row-max or
@@ -21,7 +21,7 @@ here is the decoupled loss itself (it can be negative); its gradient is identica
 value is recovered exactly by :func:`hdce_coupled_value` (softplus of the decoupled loss); the
 translators log it beside the loss as ``NCE_ce``.
 
-Hard-negative weights (:func:`hdce_weights`, SRC ``models/SRC.py``, reference 2.3): from the
+Hard-negative weights (:func:`hdce_weights`, SRC ``models/SRC.py``, docs/reference.md §2.3): from the
 **input-side** similarity S_ij = k_i.k_j (detached), w_ij = softmax_j(S_ij / gamma) divided by its
 row maximum, i.e. w_ij = exp((S_ij - max_{j'!=i} S_ij') / gamma) in (0, 1]; gamma = 1/beta of Eq. 7.
 The self term is excluded (w_ii = 0); SRC keeps a small w_ii that the loss masks anyway.
@@ -45,7 +45,7 @@ def hdce_coupled_value(per_query: torch.Tensor) -> torch.Tensor:
 def hdce_gamma(epoch: float, total_epochs: float | None = None, gamma_start: float = 1.0,
                gamma_end: float = 1.0, step_epoch: float | None = None,
                step_gamma: float = 1.0) -> float:
-    """SRC's gamma curriculum (``--use_curriculum``, ``--step_gamma``; reference 2.3).
+    """SRC's gamma curriculum (``--use_curriculum``, ``--step_gamma``; docs/reference.md §2.3).
 
     gamma = gamma_start + (gamma_end - gamma_start) * progress, with progress = epoch/total_epochs
     (or ``epoch`` itself, read as a fraction in [0, 1], when ``total_epochs`` is None), clamped to

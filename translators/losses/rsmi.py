@@ -3,7 +3,7 @@ SCC, Guo et al. CVPR 2022 / MGC; RuLSIF, Yamada et al. 2013).
 
 rSMI(X, Y) = D_rPE(P_X (x) P_Y || P_XY) (SemST Eq. 2): the alpha-relative Pearson divergence of the
 product of marginals from the joint, estimated with a linear model r(x, y) = theta^T phi(x, y) of
-the relative density ratio p(x)p(y) / (alpha p(x)p(y) + (1 - alpha) p(x, y)) (reference 3.3):
+the relative density ratio p(x)p(y) / (alpha p(x)p(y) + (1 - alpha) p(x, y)) (docs/reference.md §3.3):
 
     h = E_{p(x)p(y)}[phi]                               (product-of-marginals mean; SCC's h)
     H = alpha E_{p(x)p(y)}[phi phi^T] + (1 - alpha) E_{p(x,y)}[phi phi^T]
@@ -12,7 +12,7 @@ the relative density ratio p(x)p(y) / (alpha p(x)p(y) + (1 - alpha) p(x, y)) (re
 
 Basis (a product grid of centres, like SCC's 9 x 9 grid): phi_ab(x, y) = K(x, u_a) L(y, v_b),
 a, b = 1..m, with Gaussian kernels K(x, u) = exp(-||x - u||^2 / (2 sigma_x^2)) -- with the minus
-sign; SCC's released code lacks it (reference 8.7).
+sign; SCC's released code lacks it (docs/reference.md §3.2).
 
 Differences from SCC (which works on raw scalar pixels with 9 fixed centres per variable in
 [-1, 1], sigma = 1, absolute lam = 0.05), needed because the samples here are D-dimensional patch

@@ -1,4 +1,4 @@
-"""BDL's semantic ("perceptual") loss through a frozen segmenter (reference/translators.md 7.1).
+"""BDL's semantic ("perceptual") loss through a frozen segmenter (docs/reference.md §7.1).
 
 L_sem(a, b) = mean( (IN(f(a)) - IN(f(b)))^2 ), f = the segmenter's logit map, IN = affine-free
 instance norm per logit channel (:func:`translators.feedback.semantic_consistency_loss`).

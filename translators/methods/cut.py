@@ -1,4 +1,4 @@
-"""CUT (Park et al., ECCV 2020): one-sided translation with PatchNCE (reference/translators.md 1).
+"""CUT (Park et al., ECCV 2020): one-sided translation with PatchNCE (docs/reference.md §1).
 
 L_G = lambda_GAN * LSGAN(D(G(x)), 1) + lambda_NCE * 1/2 (NCE(x, G(x)) + NCE(y, G(y)))  [nce_idt]
 L_D = 1/2 (LSGAN(D(y), 1) + LSGAN(D(G(x)), 0)).

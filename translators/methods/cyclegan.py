@@ -3,7 +3,7 @@
 Networks: G_A: A -> B and G_B: B -> A (ResNet generators, CycleGAN's plain strided convs:
 ``model.antialias: false``), D_A on domain B and D_B on domain A (70x70 PatchGANs), N(0, 0.02) init.
 
-Generator objective (reference/translators.md 7.1; CycleGAN ``cycle_gan_model.py``)::
+Generator objective (docs/reference.md §7.1; CycleGAN ``cycle_gan_model.py``)::
 
     L_G = LSGAN(D_A(G_A(a)), 1) + LSGAN(D_B(G_B(b)), 1)
         + lambda_cycle * (|G_B(G_A(a)) - a|_1 + |G_A(G_B(b)) - b|_1)                 (lambda_A = lambda_B = 10)

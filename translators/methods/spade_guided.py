@@ -19,7 +19,7 @@ norm), LSGAN (D: real -> 1, fake -> 0; G: fake -> 1; summed over scales as MUNIT
 
 Optimisation (Sec. 4): Adam(beta1 = 0.9, beta2 = 0.99) (``train.beta1/beta2``), lr 1e-4, poly decay
 (power 0.9) to 0 over ``train.iters``, batch 1, TTUR. The paper gives no TTUR ratio; we take
-SPADE's (reference 5.1: G lr/2, D 2 lr, i.e. D/G = 4): G lr = ``train.lr`` = 1e-4, D lr =
+SPADE's (docs/reference.md §5.1: G lr/2, D 2 lr, i.e. D/G = 4): G lr = ``train.lr`` = 1e-4, D lr =
 ``spade.lr_D_ratio`` (4) x that. The method sets both learning rates itself at every step from the
 training progress (overriding the shared loop's linear schedule; logged as ``lr_G``/``lr_D``).
 

@@ -1,5 +1,5 @@
 """FCN-score of a set of (refined or raw) source images: how well a *target-trained* segmenter
-recovers the source labels from them (pix2pix / CycleGAN "FCN-score", reference/eval.md 1.1, 1.5).
+recovers the source labels from them (pix2pix / CycleGAN "FCN-score", docs/reference.md §11.1).
 
 The segmenter is the target oracle's ``final.pth`` (any segmenter loadable by
 ``segmenters.loader.load_segmenter``). Protocol -- the project's evaluation protocol, shared with

@@ -16,7 +16,7 @@ outer-product sums (:class:`FeatureStats`, around a shift taken from the first b
 stability), and KID keeps at most ``kid_max_samples`` features per set (uniform reservoir sample,
 seeded) -- beyond that KID is estimated from that sample.
 
-Values depend on resizing and file format (reference/eval.md section 4): ours resizes bilinearly
+Values depend on resizing and file format (docs/reference.md §11.5): ours resizes bilinearly
 to the extractor's input size (align_corners=False, no antialias, pytorch-fid's choice), on
 float images decoded from PNG/JPEG with OpenCV.
 """

@@ -1,4 +1,4 @@
-"""Photo->Map metrics on paired test sets (GcGAN ``evaluate_maps.py`` protocol, reference/eval.md 5).
+"""Photo->Map metrics on paired test sets (GcGAN ``evaluate_maps.py`` protocol, docs/reference.md §11.6).
 
 Both images of a pair are read as RGB (OpenCV) and resized to ``size`` x ``size`` (default 256)
 with bilinear interpolation (``cv2.INTER_LINEAR`` on the decoded uint8 image; no resize when the

@@ -2,7 +2,7 @@
 
 * :class:`BlurDownsample` / :class:`BlurUpsample`: CUT's anti-aliased resampling (Zhang 2019,
   "Making convolutional networks shift-invariant again"), written from the description in
-  reference/translators.md 1.3: a fixed binomial [1,2,1] x [1,2,1] blur applied with stride 2 after
+  docs/reference.md §1.3: a fixed binomial [1,2,1] x [1,2,1] blur applied with stride 2 after
   reflection padding, and a fixed [1,3,3,1] transposed-conv filter (replicate padding) for x2
   upsampling. The filters are non-persistent buffers (not learnable, not in checkpoints).
 * :func:`make_norm`: the norm-layer factory (``"instance"`` = InstanceNorm2d(affine=False,
@@ -14,7 +14,7 @@
 * :func:`init_weights`: CUT/CycleGAN initialisation. Conv / Linear weights: ``normal`` N(0, gain),
   ``xavier`` xavier_normal_(gain), ``kaiming`` kaiming_normal_(a=0, fan_in), ``orthogonal``
   orthogonal_(gain); biases 0; BatchNorm weights N(1, gain), biases 0. CUT's default is xavier
-  with gain 0.02 (reference/translators.md 1.2, pitfall 8.4). Blur filters are buffers, untouched.
+  with gain 0.02 (docs/reference.md §1.2). Blur filters are buffers, untouched.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """PatchGAN discriminator (70x70 receptive field at ``n_layers=3``), CUT's anti-aliased variant.
 
-Layout (reference/translators.md 1.4; pix2pix/CycleGAN "basic" D; SemST supplement 2.1.4):
+Layout (docs/reference.md §1.4; pix2pix/CycleGAN "basic" D; SemST supplement 2.1.4):
 Conv4x4(input_nc->ndf) + LeakyReLU(0.2) + [BlurDownsample], then for n=1..n_layers-1
 Conv4x4(-> ndf*min(2^n, 8)) + norm + LeakyReLU + [BlurDownsample], then Conv4x4 stride 1
 (-> ndf*min(2^n_layers, 8)) + norm + LeakyReLU, then Conv4x4 stride 1 -> 1 channel.

@@ -1,7 +1,7 @@
 """CUT's ResNet generator (``resnet_9blocks``) with the default anti-aliased resampling.
 
 The network is one flat ``nn.Sequential`` (``self.model``) so that the PatchNCE / hDCE / TS taps
-are plain indices into it, exactly as in CUT (reference/translators.md 1.3, pitfall 8.1).
+are plain indices into it, exactly as in CUT (docs/reference.md §1.3).
 Indices with ``antialias=True`` (the default):
 
 ====== =========================================================== ========== ==========

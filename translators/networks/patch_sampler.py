@@ -1,7 +1,7 @@
 """PatchSampleF: CUT's ``mlp_sample`` netF -- sample patch positions, embed, L2-normalise.
 
 For each tapped feature map (B, C, H, W) the same ``num_patches`` spatial positions are drawn for
-every image of the batch (as in CUT, reference/translators.md 1.5) with ``torch.randperm`` and
+every image of the batch (as in CUT, docs/reference.md §1.5) with ``torch.randperm`` and
 embedded by a per-layer 2-layer MLP Linear(C, nc)-ReLU-Linear(nc, nc); every embedding is then
 divided by its L2 norm (+1e-7). Passing the returned ``patch_ids`` back in reuses the positions,
 so query (output) and key (input) embeddings are aligned patch by patch.

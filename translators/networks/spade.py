@@ -1,6 +1,6 @@
 """Networks of the semantically adaptive SPADE-guided translator (Musto & Zinelli 2020, Sec. 3.2, 4).
 
-* :class:`SPADE` -- out = IN(x) * (1 + gamma(m)) + beta(m) (Park et al. 2019; reference 5.1): the
+* :class:`SPADE` -- out = IN(x) * (1 + gamma(m)) + beta(m) (Park et al. 2019; docs/reference.md §5.1): the
   guidance m (the segmenter's *unnormalised* logits, paper Sec. 3.2) is resized to the activation
   size, passed through a shared conv3x3 of width ``hidden`` (128 in SPADE, hard-coded there) + ReLU
   and two conv3x3 heads giving per-pixel gamma and beta. The paper's Eq. 6 writes gamma * IN(x) +
