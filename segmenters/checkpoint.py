@@ -256,7 +256,12 @@ def _read_init_state(path: Path) -> dict[str, torch.Tensor]:
     from domains.weights import FETCH_COMMAND, entry_for_file
 
     try:
-        return _state_dict_of(compat.load_untrusted(path), path)
+        try:
+            obj = compat.load_untrusted(path)
+        except ValueError as err:   # unreadable: say what an init file is
+            raise ValueError(f"{err}; init weights are a state dict of tensors (a final.pth, or an ImageNet "
+                             f"backbone file: `{FETCH_COMMAND.replace(' fetch', ' list')}`)") from err
+        return _state_dict_of(obj, path)
     except ValueError as err:
         entry = entry_for_file(path)
         if entry is None:

@@ -189,10 +189,12 @@ def load_untrusted(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name and what to do
-        import pickle
-        if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+        from domains.errors import torch_load_problem
+
+        if "Unsupported global" in str(err):
             raise ValueError(
                 f"{p}: cannot be loaded with weights_only=True (it pickles Python objects; e.g. a full "
                 "mmengine training checkpoint). Pass a plain state dict or a final.pth; a training "
                 "run's own checkpoints are resumed with --resume instead") from err
-        raise ValueError(f"{p}: not a readable torch checkpoint ({err})") from err
+        # never torch's own text: it advises weights_only=False, which the project never does
+        raise ValueError(f"{p}: not a readable torch checkpoint: {torch_load_problem(err)}") from err

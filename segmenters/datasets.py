@@ -55,7 +55,7 @@ def check_pseudo_dir(label_dir: str | Path, stems: Sequence[str]) -> None:
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise PreparedDataError(f"pseudo-label folder {label_dir} does not exist; create it with "
-                                "`python -m segmenters pseudolabel --checkpoint ... --out {label_dir}`")
+                                f"`python -m segmenters pseudolabel --checkpoint ... --out {label_dir}`")
     if not any(label_dir.rglob(f"*{PSEUDO_SUFFIX}")):
         raise PreparedDataError(f"pseudo-label folder {label_dir} is empty (no *{PSEUDO_SUFFIX} files); "
                                 "re-run `python -m segmenters pseudolabel` for this round")

@@ -260,6 +260,52 @@ def resolve_vgg19_weights(spec: str | os.PathLike) -> Path:
     return resolve(spec, "uda.vgg19_weights", hint=VGG19_HINT)
 
 
+VGG19_EXPECTED = ("expected torchvision's ImageNet vgg19 weights (vgg19-dcbb9e9d.pth: `python -m domains.weights "
+                  "fetch vgg19`) or their features-only state dict")
+
+
+def _vgg19_state(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The ``features`` state dict (keys ``<i>.weight``) of a VGG19 file, checked against VGG19's
+    keys and shapes; ``ValueError`` naming the file, what it holds and what it should be."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name (never torch's weights_only advice)
+        from domains.errors import torch_load_problem
+
+        raise ValueError(f"{path}: cannot load VGG19 weights: {torch_load_problem(err)}; {VGG19_EXPECTED}"
+                         f"{VGG19_HINT}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a VGG19 state dict, got {type(state).__name__}; {VGG19_EXPECTED}")
+    if any(k.startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    wanted = {k: v.shape for k, v in vgg19_features_layers().state_dict().items()}
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise ValueError(f"{path}: not a VGG19 state dict (missing {missing[:4]}...; found keys "
+                         f"{sorted(state)[:6]}); {VGG19_EXPECTED}")
+    wrong = [f"{k}: file {tuple(getattr(state[k], 'shape', ()))} vs VGG19 {tuple(shape)}"
+             for k, shape in wanted.items() if tuple(getattr(state[k], "shape", ())) != tuple(shape)]
+    if wrong:
+        raise ValueError(f"{path}: weights do not fit VGG19 ({len(wrong)} tensors of another shape, e.g. "
+                         f"{wrong[:2]}); {VGG19_EXPECTED}")
+    return {k: state[k] for k in wanted}
+
+
+def check_vgg19_weights(spec: str | os.PathLike) -> Path:
+    """``uda.vgg19_weights`` resolved and checked at start-up (keys and shapes, the file memory-mapped,
+    not read): its path, or ``FileNotFoundError`` / ``ValueError`` naming the file and what to do."""
+    path = resolve_vgg19_weights(spec)
+    try:
+        _vgg19_state(path, mmap=True)
+    except ValueError as err:
+        if "cannot load" not in str(err):
+            raise
+        _vgg19_state(path, mmap=False)   # a legacy (non-zip) torch file cannot be memory-mapped
+    return path
+
+
 def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
     """VGG19 features from a weights file or the registry name ``vgg19``, loaded with ``weights_only=True``.
 
@@ -268,26 +314,8 @@ def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
     convolutions up to relu5_1 are needed. Errors name the file and what was found.
     """
     path = resolve_vgg19_weights(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot load VGG19 weights {path} with weights_only=True: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a VGG19 state dict, got {type(state).__name__}")
-    if any(k.startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     features = vgg19_features_layers()
-    wanted = features.state_dict()
-    missing = [k for k in wanted if k not in state]
-    if missing:
-        raise ValueError(f"{path}: not a VGG19 state dict (missing {missing[:4]}...; found keys "
-                         f"{sorted(state)[:6]})")
-    try:
-        features.load_state_dict({k: state[k] for k in wanted}, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit VGG19: {str(err)[:500]}") from err
+    features.load_state_dict(_vgg19_state(path), strict=True)
     logger.info("loaded VGG19 perceptual weights from %s", path)
     return VGG19Features(features)
 

@@ -97,8 +97,13 @@ class Segmenter:
 def read_final(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a ``final.pth`` (weights_only); errors name the file."""
     path = Path(path)
-    obj = compat.load_untrusted(path)
     hint = "pass the final.pth written at the end of `python -m segmenters train`"
+    try:
+        obj = compat.load_untrusted(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; {hint}") from err
+    except ValueError as err:
+        raise ValueError(f"{err}; {hint}") from err
     if not isinstance(obj, Mapping) or "meta" not in obj or "state_dict" not in obj:
         keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(f"{path}: not a segmenter final.pth (needs 'meta' and 'state_dict', found {keys}); {hint}")

@@ -182,7 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except (PreparedDataError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        from domains.errors import debug_enabled, short_message
+
+        if debug_enabled():       # --debug / SEMST_DEBUG=1: the traceback
+            raise
+        print(f"error: {short_message(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -377,7 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(args)
         main_rank = seg_dist.is_main_process()
     except (TrainError, PreparedDataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        from domains.errors import debug_enabled, short_message
+
+        if debug_enabled():       # --debug / SEMST_DEBUG=1: the traceback
+            raise
+        print(f"error: {short_message(err)}", file=sys.stderr)
         return 2
     finally:
         seg_dist.shutdown()

@@ -103,22 +103,27 @@ def test_evaluate_matches_cityscapesscripts_on_labelids(tiny_prepared, tiny_chec
     assert row["mIoU"] == pytest.approx(100 * official["averageScoreClasses"], abs=1e-4)
 
 
-def test_evaluate_errors(tiny_prepared, tiny_checkpoint, tmp_path):
+def test_evaluate_errors(tiny_prepared, tiny_checkpoint, tmp_path, capsys):
     # a split without labels: copy the prepared folder and mark val unlabelled
     target = tmp_path / "unlabelled"
     shutil.copytree(tiny_prepared["target"], target)
     meta = json.loads((target / "meta.json").read_text())
     meta["splits"]["val"]["labelled"] = False
     (target / "meta.json").write_text(json.dumps(meta))
+    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--target", str(target), "--split", "val",
+            "--out", str(tmp_path / "x.csv")]
     with pytest.raises(PreparedDataError, match=r"split 'val' of the prepared dataset .*unlabelled has no labels"):
-        cli(["evaluate", "--checkpoint", str(tiny_checkpoint), "--target", str(target), "--split", "val",
-             "--out", str(tmp_path / "x.csv")])
+        cli([*argv, "--debug"])                       # --debug: the exception itself
+    assert cli(argv) == 2                             # else one message, exit 2 (docs/errors.md)
+    assert re.search(r"split 'val' of the prepared dataset .*unlabelled has no labels", capsys.readouterr().err)
     # not a final.pth: the loader's error names the file
     bad = tmp_path / "bad.pth"
     torch.save({"weights": torch.zeros(1)}, bad)
+    argv = ["evaluate", "--checkpoint", str(bad), "--target", str(tiny_prepared["target"]), "--split", "val",
+            "--out", str(tmp_path / "x.csv")]
     with pytest.raises(ValueError, match="bad.pth"):
-        cli(["evaluate", "--checkpoint", str(bad), "--target", str(tiny_prepared["target"]), "--split", "val",
-             "--out", str(tmp_path / "x.csv")])
+        cli([*argv, "--debug"])
+    assert cli(argv) == 2 and "bad.pth: not a segmenter final.pth" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 

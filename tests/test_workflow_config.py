@@ -34,7 +34,7 @@ def test_lint_is_clean(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [
-    ({"minicity": {"rounds": {"max": -1}}}, "['pairs']['minicity']['rounds']['max']"),
+    ({"minicity": {"rounds": {"max": -1}}}, "config key 'pairs.minicity.rounds.max' = -1: -1 is less than the minimum of 0"),
     ({"minicity": {"segmentr": {"max_iters": 5}}}, "'segmentr' was unexpected"),
 ])
 def test_schema_errors_name_the_key(tmp_path, override, key):
@@ -78,3 +78,22 @@ def test_planned_methods_are_refused_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "planned but not implemented yet (config key 'uda.bdl.status'" in out, out
     assert not (tmp_path / "data").exists()
+
+
+def test_two_pairs_defining_one_dataset_differently_are_refused(tmp_path):
+    """A new pair that reuses the prepared dataset name minicity_gta5 for another folder would make
+    the other pair's finished jobs out of date (and its report lose sections): refused at plan time,
+    naming the dataset and both definitions (docs/errors.md)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["pairs"] = {"mine": {"source": {"name": "minicity_gta5", "format": "gta5", "raw": "data/raw/my_gta5"},
+                                "target": {"name": "minicity_cityscapes", "format": "cityscapes",
+                                           "raw": "data/raw/minicity/cityscapes"},
+                                "preset": "tiny"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "results/minicity_bdl_semst.csv", configfile=path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "prepared dataset 'minicity_gta5' is defined twice differently" in out, out
+    assert "data/raw/my_gta5" in out and "data/raw/minicity/gta5" in out and "'pairs.mine.source'" in out
+    assert "Traceback" not in out and not (tmp_path / "data").exists()

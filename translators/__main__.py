@@ -1,6 +1,8 @@
 """Command line: ``python -m translators {train,refine} ...`` (see README / --help).
 
-Exit codes: 0 ok, 2 bad input (config, data, checkpoint), 3 training diverged (NaN/Inf loss).
+Exit codes: 0 ok, 2 bad input (config, data, checkpoint; one message naming the file or key, see
+docs/errors.md), 3 training diverged (NaN/Inf loss). ``--debug`` (or ``SEMST_DEBUG=1``) shows the
+traceback of an error instead.
 """
 from __future__ import annotations
 
@@ -8,17 +10,37 @@ import argparse
 import logging
 import sys
 
+from domains.errors import DEBUG_ENV, debug_enabled, short_message
 from translators.checkpoint import CheckpointError
 from translators.config import ConfigError, load_config
 from translators.data import DataError
 from translators.feedback import FeedbackError
 
 
+def method_list() -> str:
+    """Every translator method of the registry (translators.methods), e.g. ``CUT (cut), SemST (semst), ...``:
+    the names config files give as ``method``, without importing the lazily registered ones."""
+    from translators.methods import LAZY_METHODS, METHODS
+
+    names = {**{name: cls.__name__ for name, cls in METHODS.items()},
+             **{name: cls for name, (_, cls) in LAZY_METHODS.items()}}
+    return ", ".join(f"{label} ({name})" for name, label in names.items())
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m translators", description=__doc__.splitlines()[0])
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"show the traceback of an error instead of one message (also {DEBUG_ENV}=1)")
+    p.add_argument("--debug", action="store_true", default=False,
+                   help=f"show the traceback of an error instead of one message (also {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a translator (CUT, SemST) on unpaired source/target images")
+    methods = method_list()
+    t = sub.add_parser("train", parents=[debug], help=f"train a translator on unpaired source/target images; "
+                                                      f"methods: {methods}",
+                       description=f"Train a translator on unpaired source/target images. Methods (the "
+                                   f"config's `method`): {methods}.")
     t.add_argument("--config", required=True, help="YAML config, e.g. translators/configs/semst_tiny.yaml")
     t.add_argument("--source", help="prepared dataset root (data/prepared/<name>) or image folder")
     t.add_argument("--target", help="prepared dataset root or image folder")
@@ -44,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="multi-process training: 'pytorch' under torchrun, 'slurm' under srun (one process per "
                         "GPU; train.batch_size is per process); see docs/multigpu.md")
 
-    r = sub.add_parser("refine", help="translate every source image at full resolution")
+    r = sub.add_parser("refine", parents=[debug], help="translate every source image at full resolution")
     r.add_argument("--checkpoint", required=True, help="a final.pt written by `train`")
     r.add_argument("--source", required=True, help="prepared dataset root or image folder")
     r.add_argument("--split", default="train")
@@ -104,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                          show_progress=not args.no_progress)
             log.info("%d images: %d written, %d already done", res.total, res.written, res.skipped)
     except (ConfigError, DataError, CheckpointError, FeedbackError) as err:
-        log.error("%s", err)
+        if args.debug or debug_enabled():
+            raise
+        log.error("%s", short_message(err))
         return 2
     except TrainingDiverged as err:
+        if args.debug or debug_enabled():
+            raise
         log.error("%s", err)
         return 3
     return 0

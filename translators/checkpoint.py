@@ -73,12 +73,15 @@ def set_rng_state(state: dict) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a translator checkpoint (weights_only) or raise CheckpointError naming the file."""
     path = Path(path)
+    expected = "expected a final.pt (or checkpoint.pt) written by `python -m translators train`"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
+        raise CheckpointError(f"checkpoint {path} not found; {expected}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - re-raised naming the file; never torch's weights_only advice
+        from domains.errors import torch_load_problem
+
+        raise CheckpointError(f"cannot load checkpoint {path}: {torch_load_problem(err)}; {expected}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "models" not in ckpt:
         raise CheckpointError(f"{path} is not a translator checkpoint written by `python -m translators train`")
     return ckpt

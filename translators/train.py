@@ -174,11 +174,8 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
     main = ctx.is_main
     out = Path(out)
     ckpt_path, final_path = out / CHECKPOINT, out / FINAL
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.glob(".*.tmp-*"), *out.glob("samples/.*.tmp-*")]:  # left by a killed run
-            stale.unlink(missing_ok=True)
-    ctx.barrier()  # the other ranks read ``out`` only once rank 0 has created/cleaned it
+    # every input (data, --resume state, --init) is read and checked before ``out`` is created or
+    # changed: bad input leaves no run folder behind (docs/errors.md)
     device = ctx.device if ctx.enabled and ctx.device is not None else resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
@@ -207,15 +204,19 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
         log.info("--resume: %s holds no optimiser state; starting from scratch", final_path)
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", ckpt_path)
+    if resume_ckpt is None and init is not None:
+        init_ckpt = load_checkpoint(init)
+        check_compatible(init_ckpt, cfg, init)
+        method.load_state_dict(init_ckpt["models"])
+        log.info("initialised weights from %s (step %s)", init, init_ckpt.get("step"))
     ctx.barrier()  # every rank has decided from the same files before rank 0 changes any
-    if resume_ckpt is None:
-        if main:
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.glob(".*.tmp-*"), *out.glob("samples/.*.tmp-*")]:  # left by a killed run
+            stale.unlink(missing_ok=True)
+        if resume_ckpt is None:
             final_path.unlink(missing_ok=True)  # a fresh run invalidates an older final.pt
-        if init is not None:
-            init_ckpt = load_checkpoint(init)
-            check_compatible(init_ckpt, cfg, init)
-            method.load_state_dict(init_ckpt["models"])
-            log.info("initialised weights from %s (step %s)", init, init_ckpt.get("step"))
+    ctx.barrier()  # the other ranks use ``out`` only once rank 0 has created/cleaned it
     method.setup(device, cpu_amp=resolve_cpu_amp(cfg.train.cpu_amp))
     if method.amp_enabled and device.type == "cpu":
         log.info("CPU training under bf16 autocast (train.cpu_amp=%s; 'off' trains in float32)", cfg.train.cpu_amp)

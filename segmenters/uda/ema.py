@@ -110,8 +110,11 @@ def load_teacher_state(teacher: nn.Module, path: str | Path, prefix: str = "") -
         raise FileNotFoundError(f"EMA teacher checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling error: say which file
-        raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True ({err})") from err
+    except Exception as err:  # noqa: BLE001 - any unpickling error: say which file (not torch's advice)
+        from domains.errors import torch_load_problem
+
+        raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True ({torch_load_problem(err)}); "
+                         "expected a final.pth or a state dict of tensors") from err
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict or a checkpoint with 'state_dict'")

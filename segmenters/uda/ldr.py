@@ -61,8 +61,8 @@ from mmengine.optim import OptimWrapperDict  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 from ..ldr_networks import (GlobalGenerator, MultiscaleDiscriminator, boltzmann_softmax,  # noqa: E402
-                            feature_matching_loss, load_vgg19_features, lsgan_multiscale, perceptual_loss,
-                            resolve_vgg19_weights)
+                            check_vgg19_weights, feature_matching_loss, load_vgg19_features, lsgan_multiscale,
+                            perceptual_loss)
 from . import discriminator as _discriminator  # noqa: E402,F401  (registers FCDiscriminator)
 from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDASegmentor,  # noqa: E402
                    set_requires_grad, source_dataset_cfg, target_dataset_cfg, uda_param)
@@ -326,13 +326,14 @@ class LDR(UDAMethod):
 
     @staticmethod
     def _vgg19_file(spec: Any) -> str | None:
-        """``uda.vgg19_weights`` resolved at start-up (before the Runner is built), so a missing file
-        stops the run with one message (:class:`TrainError`) instead of failing in the model build."""
+        """``uda.vgg19_weights`` resolved and checked at start-up (before the Runner and the run folder
+        exist), so a missing, unreadable or wrong file stops the run with one message
+        (:class:`TrainError`) instead of failing in the model build."""
         if not spec:
             return None
         try:
-            return str(resolve_vgg19_weights(spec))
-        except FileNotFoundError as err:
+            return str(check_vgg19_weights(spec))
+        except (FileNotFoundError, ValueError) as err:
             raise TrainError(str(err)) from err
 
     def optim_wrapper(self, cfg: Any) -> dict:

@@ -1,4 +1,8 @@
-"""Translator methods: CUT and SemST (one training iteration + full-resolution inference each)."""
+"""Translator methods (one training iteration + full-resolution inference each): the registry.
+
+:data:`METHODS` (imported with the package) and :data:`LAZY_METHODS` (imported on first use) list
+every method; ``python -m translators --help`` lists them from here.
+"""
 from __future__ import annotations
 
 import importlib

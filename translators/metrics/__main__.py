@@ -227,9 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except Exception as err:  # noqa: BLE001 - bad input ends with one clear message and exit code 2
-        if not isinstance(err, _input_errors()):
+        from domains.errors import debug_enabled, short_message
+
+        if not isinstance(err, _input_errors()) or debug_enabled():   # SEMST_DEBUG=1: the traceback
             raise
-        log.error("%s", err)
+        log.error("%s", short_message(err))
         return 2
     return 0
 

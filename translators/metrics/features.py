@@ -125,9 +125,11 @@ def build_fid_inception(num_classes: int = 1008) -> tv_inception.Inception3:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name and what to do
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name and what to do (not torch's advice)
+        from domains.errors import torch_load_problem
+
         raise InceptionWeightsError(f"{path}: cannot be read as a PyTorch weights file with weights_only=True "
-                                    f"({err}). {INCEPTION_HELP}") from err
+                                    f"({torch_load_problem(err)}). {INCEPTION_HELP}") from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

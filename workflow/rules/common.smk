@@ -12,6 +12,7 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "workflow" / "lib"))
+sys.path.insert(1, str(REPO))  # domains (wflib imports its shared helpers)
 
 from wflib import distributed as wfd  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
@@ -25,21 +26,45 @@ def _config_error(err):
     return WorkflowError(f"Config error: {err}")
 
 
+def _stop(err):
+    """A config error found before the DAG is built: one message naming the key, exit code 2 (no
+    Snakemake dump of the schema and config; docs/errors.md). SEMST_DEBUG=1: Snakemake's full report."""
+    if wfc.debug_requested():
+        raise _config_error(err)
+    print(f"Config error: {err}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _schema_error(err):
+    """The jsonschema ValidationError behind snakemake.utils.validate's WorkflowError, if any."""
+    import jsonschema
+
+    return next((e for e in (*err.args, err.__context__, err.__cause__)
+                 if isinstance(e, jsonschema.exceptions.ValidationError)), None)
+
+
 try:
+    PAIR_FILES = wfc.pair_file_names(config, WORKDIR, REPO)
     wfc.load_pairs(config, WORKDIR, REPO)
 except wfc.ConfigError as err:
-    raise _config_error(err)
-validate(config, schema="../schemas/config.schema.yaml")
+    _stop(err)
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as err:
+    invalid = _schema_error(err)
+    if invalid is None or wfc.debug_requested():
+        raise
+    _stop(wfc.schema_error_message(invalid, PAIR_FILES))
 try:
     wfd.check_resources(config["resources"])
 except wfd.DistConfigError as err:
-    raise _config_error(err)
+    _stop(err)
 try:
     wfc.check_names(config)
     DATASETS = wfc.dataset_table(config)
     MINICITY = wfc.minicity_table(config)
 except wfc.ConfigError as err:
-    raise _config_error(err)
+    _stop(err)
 
 PYTHON = config["python"] or sys.executable
 # (shell.prefix is formatted like a shell command: braces doubled)

@@ -6,6 +6,10 @@
 # pseudo-label examples). Run from the repository root; override SNAKEMAKE, PYTHON, TARGETS
 # (space-separated final tables) and CORES.
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then   # the comment above, without running anything
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+  exit 0
+fi
 SNAKEMAKE=${SNAKEMAKE:-snakemake}
 PYTHON=${PYTHON:-python}
 TARGETS=${TARGETS:-${TARGET:-results/minicity_bdl_semst.csv}}

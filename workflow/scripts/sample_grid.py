@@ -4,6 +4,12 @@ import os
 import sys
 from pathlib import Path
 
+if "snakemake" not in globals():  # run by hand: --help only (Snakemake runs it with a `snakemake` object)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+    from wflib.scripthelp import snakemake_only
+
+    sys.exit(snakemake_only(__doc__, "sample_grid.py", "sample_grid", "results/minicity_bdl_semst.csv"))
+
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
 

@@ -1,17 +1,41 @@
 """Print a final table results/<pair>_<uda>_<translator>.csv readably (rounds, means, decisions, per-class IoU).
 
 Usage: python workflow/scripts/show_table.py results/minicity_bdl_semst.csv [...]
+A missing or malformed table: one line naming the file, exit code 2.
 """
+import argparse
 import sys
 
 import pandas as pd
 
 MEANS = ["mIoU", "mIoU16", "mIoU13", "aAcc", "mAcc"]
 ID = {"pair", "uda", "translator", "round", "stage", "delta_vs_best_before", "next_round", "decision", "best"}
+#: columns a final table must have (workflow/lib/wflib/table.py writes them)
+REQUIRED = ["pair", "uda", "translator", "round", "mIoU", "delta_vs_best_before", "best", "decision", "stage"]
 
 
-def show(path: str) -> None:
-    table = pd.read_csv(path)
+class TableError(ValueError):
+    """A file that is not a readable final table; the message names it."""
+
+
+def read_table(path: str) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise TableError(f"{path}: no such file; final tables are results/<pair>_<uda>_<translator>.csv "
+                         "(build one with snakemake, e.g. results/minicity_bdl_semst.csv)") from None
+    except (OSError, ValueError, pd.errors.ParserError) as err:   # EmptyDataError is a ValueError
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TableError(f"{path}: not a readable CSV ({reason})") from err
+    missing = [c for c in REQUIRED if c not in table]
+    if missing or table.empty:
+        what = f"lacks columns {missing}" if missing else "has no rows"
+        raise TableError(f"{path}: not a final table results/<pair>_<uda>_<translator>.csv ({what})")
+    return table
+
+
+def show(path: str, table: pd.DataFrame | None = None) -> None:
+    table = read_table(path) if table is None else table
     means = [c for c in MEANS if c in table]
     classes = [c for c in table.columns if c not in ID and c not in MEANS]
     print(f"== {path}: {table['pair'].iloc[0]} / uda {table['uda'].iloc[0]} / translator {table['translator'].iloc[0]}")
@@ -24,8 +48,20 @@ def show(path: str) -> None:
             print(f"  r{row['round']}: {row['stage']}")
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="show_table.py", description=__doc__.splitlines()[0],
+                                     epilog="e.g. python workflow/scripts/show_table.py results/minicity_bdl_semst.csv")
+    parser.add_argument("tables", nargs="+", metavar="CSV", help="final table(s) results/<pair>_<uda>_<translator>.csv")
+    args = parser.parse_args(argv)
+    try:
+        tables = [read_table(path) for path in args.tables]   # every file checked before printing any
+    except TableError as err:
+        print(f"show_table.py: error: {err}", file=sys.stderr)
+        return 2
+    for path, table in zip(args.tables, tables):
+        show(path, table)
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    for arg in sys.argv[1:]:
-        show(arg)
+    sys.exit(main())

@@ -83,6 +83,77 @@ def load_pairs(config: dict, workdir: Path, repo: Path) -> dict:
     return pairs
 
 
+def pair_file_names(config: dict, workdir: Path, repo: Path) -> list[str]:
+    """Names of the pairs defined by files (``<pairs_dir>/<name>.yaml``), not by ``pairs`` overrides."""
+    folder = resolve_pairs_dir(config, workdir, repo)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+
+
+def debug_requested(env: dict | None = None) -> bool:
+    """``SEMST_DEBUG`` set: config errors show Snakemake's full report, not one message (domains/errors.py)."""
+    from domains.errors import debug_enabled
+
+    return debug_enabled(env)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxdict, short.maxlist, short.maxlevel = limit, limit, 4, 4, 2
+    return short.repr(value)
+
+
+def _close(name: str, options: Iterable[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def schema_error_message(error: Any, file_pairs: Iterable[str] = ()) -> str:
+    """One short message (the config key and what is wrong with it) for a ``jsonschema.ValidationError``
+    of the workflow config, instead of the schema and config dump Snakemake prints.
+
+    ``file_pairs``: pairs defined by ``<pairs_dir>/<name>.yaml`` (:func:`pair_file_names`), so an
+    override ``pairs.<name>`` of a pair that does not exist is reported as such (with the pairs that
+    do), not as a missing ``source``.
+    """
+    path = [str(p) for p in error.absolute_path]
+    key = ".".join(path)
+    where = f"config key '{key}'" if key else "the config (top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "required" and len(path) == 2 and path[0] == "pairs":
+        name, defined = path[1], sorted(file_pairs)
+        required = list(error.validator_value)
+        missing = [k for k in required if k not in (error.instance or {})]
+        if name not in defined:
+            return (f"pair '{name}' is not defined (defined: {', '.join(defined) or 'none'}{_close(name, defined)}): "
+                    f"config key 'pairs.{name}' overrides no pairs_dir file {name}.yaml. Fix the name, or define a "
+                    f"new pair: it needs keys {', '.join(required)} (missing: {', '.join(missing)}) under 'pairs.{name}'"
+                    f" or in <pairs_dir>/{name}.yaml")
+        return f"pair '{name}' lacks {', '.join(missing)} (config key 'pairs.{name}'; a pair needs {', '.join(required)})"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        unknown = extra[0] if extra else "?"
+        full = ".".join([*path, str(unknown)])
+        return (f"unknown config key '{full}' ('{unknown}' was unexpected{_close(unknown, allowed)}); allowed "
+                f"under {where}: {', '.join(allowed) or 'none'}")
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        return f"{where} lacks {', '.join(missing)} (required: {', '.join(error.validator_value)})"
+    if error.validator == "enum":
+        options = ", ".join(str(v) for v in error.validator_value)
+        return f"{where} = {_short(error.instance)}: must be one of {options}"
+    if error.validator == "type":
+        return f"{where} = {_short(error.instance)}: must be of type {error.validator_value}"
+    reason = " ".join(str(error.message).split())
+    if len(reason) > 200:
+        reason = reason[:200] + " ..."
+    return f"{where} = {_short(error.instance)}: {reason}"
+
+
 def check_names(config: dict) -> None:
     """Pair/UDA/translator names are well formed and every ``<uda>_<translator>`` splits one way."""
     for name in config.get("pairs", {}):
