@@ -38,7 +38,7 @@ from domains.prepared import PreparedDataError, PreparedDataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
+from domains.labels import IGNORE_INDEX  # noqa: E402  (one definition: the label tables)
 PSEUDO_SUFFIX = ".png"
 #: how many missing files an error message names
 MAX_NAMED = 5

@@ -100,7 +100,9 @@ def test_uda_plan_skips_mismatched_directions_and_adds_extra_rows():
 
 
 def test_distortion_summary_finds_sky_to_vegetation():
-    delta = wft.distortion(confusion(sky_to_veg=300, road_to_car=50), confusion())
+    from translators.metrics.distortion import distortion_matrix   # the one formula (translators/metrics)
+
+    delta = distortion_matrix(confusion(sky_to_veg=300, road_to_car=50), confusion())
     row = wft.distortion_summary(delta, CLASSES, watch=["sky", "terrain"], top=2)
     assert row["sky_top"] == "sky->vegetation" and row["sky_top_pp"] == pytest.approx(30.0)
     assert row["sky_kept_pp"] == pytest.approx(-30.0) and row["sky_flip_pp"] == pytest.approx(30.0)

@@ -93,7 +93,7 @@ from . import sepico as _sepico  # noqa: E402,F401  (registers SePiCoOptimWrappe
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
+from domains.labels import IGNORE_INDEX  # noqa: E402  (one definition: the label tables)
 TEACHER_KEY = "ema_teacher"
 DISTILL_TEACHER_KEY = "teacher"
 PROTO_KEY = "proto_memory"

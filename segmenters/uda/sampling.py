@@ -59,7 +59,7 @@ from ..datasets import UDADataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
+from domains.labels import IGNORE_INDEX  # noqa: E402  (one definition: the label tables)
 #: how many times an RCS source sample is reloaded until its crop holds enough pixels of the class
 RCS_CROP_TRIES = 10
 #: RCS random stream id (keeps RCS draws independent of other (seed, index)-seeded draws)

@@ -104,7 +104,7 @@ from .sepico_parts import (ClassStatistics, ProjectionHead, SePiCoConfig, bank_c
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
+from domains.labels import IGNORE_INDEX  # noqa: E402  (one definition: the label tables)
 TEACHER_KEY = "ema_teacher"
 TEACHER_PROJ_KEY = "ema_proj_head"
 PROJ_KEY = "proj_head"

@@ -44,10 +44,10 @@ def save_npy_atomic(array: np.ndarray, path: str) -> None:
 
 
 def distortion_job() -> None:
-    from translators.metrics.distortion import plot_heatmap
+    from translators.metrics.distortion import distortion_matrix, plot_heatmap
 
     cm, cm_ref = np.load(sm.input.confusion), np.load(sm.input.reference)
-    delta = wft.distortion(cm, cm_ref)
+    delta = distortion_matrix(cm, cm_ref)
     save_npy_atomic(delta, sm.output.delta)
     t = sm.wildcards.translator
     plot_heatmap(delta, sm.output.heatmap, class_names(delta.shape[0]),

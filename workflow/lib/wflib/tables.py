@@ -156,21 +156,6 @@ def uda_plan(config: dict, pair: str) -> tuple[list[tuple[str, str]], list[str]]
 
 # ------------------------------------------------------------------------------- translation table
 
-def row_normalise(cm: np.ndarray) -> np.ndarray:
-    cm = np.asarray(cm, dtype=np.float64)
-    rows = cm.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(rows > 0, cm / np.where(rows > 0, rows, 1.0), np.nan)
-
-
-def distortion(cm: np.ndarray, cm_reference: np.ndarray) -> np.ndarray:
-    """D = rownorm(cm) - rownorm(cm_reference), fractions (translators.metrics.distortion)."""
-    cm, cm_reference = np.asarray(cm), np.asarray(cm_reference)
-    if cm.shape != cm_reference.shape:
-        raise ValueError(f"confusion matrices differ in shape: {cm.shape} vs {cm_reference.shape}")
-    return row_normalise(cm) - row_normalise(cm_reference)
-
-
 def class_flows(delta: np.ndarray, cls: int, names: Sequence[str]) -> list[tuple[str, float]]:
     """Off-diagonal changes of row ``cls`` as (target class, percentage points), largest first."""
     row = 100.0 * np.asarray(delta, dtype=np.float64)[cls]
