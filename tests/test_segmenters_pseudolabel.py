@@ -105,9 +105,15 @@ def test_accumulate_counts_rounds_to_float16_and_refuses_non_probabilities():
     assert counts[0, code] == 2 and counts[0].sum() == 2
     assert counts[1, 0] == 1 and counts[1, CODES - 1] == 1      # 0.0 and 1.0 are the first and last codes
     assert float(np.array(CODES - 1, np.uint16).view(np.float16)) == 1.0
+    assert empty_counts(3).dtype == np.int64 and empty_counts(3).shape == (3, CODES)   # exact counts
     for bad in (np.nan, 1.5, -0.25):
         with pytest.raises(ValueError, match="not a probability"):
             accumulate_counts(empty_counts(2), np.array([0]), np.array([bad]))
+    # the message names the first value outside [0, 1], after valid values at both ends of the range
+    with pytest.raises(ValueError) as err:
+        accumulate_counts(empty_counts(2), np.zeros(5, np.int64), np.array([0.0, 0.5, 1.0, 1.5, -0.25]))
+    assert str(err.value) == ("confidence 1.5 is not a probability in [0, 1]: the model's outputs are not "
+                              "finite or not a softmax")
 
 
 def test_apply_thresholds_keeps_confident_pixels():
@@ -362,16 +368,19 @@ def test_pseudolabel_fixed_rule_and_subfolder_stems(tiny_prepared, tiny_checkpoi
             np.testing.assert_array_equal(label == 255, conf < 0.2)
 
 
-def test_pseudolabel_failure_leaves_nothing(tiny_prepared, tiny_checkpoint, tmp_path):
+def test_pseudolabel_failure_leaves_nothing(tiny_prepared, tiny_checkpoint, tmp_path, capsys):
     from segmenters.__main__ import main as cli
     from segmenters.io import ImageReadError
 
     target = tmp_path / "prepared"
     shutil.copytree(tiny_prepared["target"], target)
     (target / "train.txt").write_text("00000\nmissing_image\n")
+    argv = ["pseudolabel", "--checkpoint", str(tiny_checkpoint), "--target", str(target), "--split", "train",
+            "--out", str(tmp_path / "pseudo")]
     with pytest.raises(ImageReadError, match="missing_image"):
-        cli(["pseudolabel", "--checkpoint", str(tiny_checkpoint), "--target", str(target), "--split", "train",
-             "--out", str(tmp_path / "pseudo")])
+        cli([*argv, "--debug"])                                  # --debug: the exception itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+    assert cli(argv) == 2 and "missing_image" in capsys.readouterr().err   # else one message, exit 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
@@ -511,7 +520,8 @@ def test_generate_defaults_follow_bdl(tmp_path, loader_calls):
                                  "num_images", "ignore_index")} == {
         "rule": "bdl", "percentile": 50.0, "cap": 0.9, "threshold": None, "confidence_dtype": "float16",
         "soft_scale": None, "num_images": 2, "ignore_index": 255}
-    assert "SSL.py" in meta["threshold_statistic"]
+    assert meta["threshold_statistic"] == ("x[int(np.round(n * percentile / 100))] of the class's n sorted "
+                                           "float16 confidences, capped (BDL SSL.py)")
     # kept: class 0 its 0.625 and 0.75 pixels (5 of 9: a confidence equal to the threshold is kept),
     # class 1 its pixel (0.96875 >= 0.9)
     assert _labels(out, "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
@@ -543,6 +553,7 @@ def test_generate_fixed_rule_batches_workers_and_small_soft_maps(tmp_path, loade
     assert (meta["rule"], meta["threshold"], meta["percentile"], meta["cap"], meta["soft_scale"]) == (
         "fixed", 0.625, None, None, 0.1)
     assert meta["thresholds"] == {"class_0": 0.625, "class_1": 0.625, "class_2": 0.625}
+    assert meta["threshold_statistic"] is None
     expected = {s: [c if conf >= 0.625 else 255 for c, conf in zip(CODED_PRED[s], CODED_CONF[s])] for s in "ab"}
     assert expected == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
     assert _labels(out, "ab") == expected
@@ -702,3 +713,16 @@ def test_pseudolabel_cli_empty_split_names_its_file(coded_cli, tmp_path):
         main(["--checkpoint", coded_cli["ckpt"], "--target", str(coded_cli["target"]),
               "--out", str(tmp_path / "pseudo")])
     assert coded_cli["load_calls"] == [] and not (tmp_path / "pseudo").exists()
+
+
+@pytest.mark.parametrize("percentile, kept_class_0", [(0.5, 9), (100.0, 2)])
+def test_generate_accepts_the_ends_of_the_percentile_range(tmp_path, percentile, kept_class_0):
+    """--percentile is valid in (0, 100]: 0.5 takes x[round(0.045)] = the smallest value (all 9 pixels of
+    class 0 kept), 100 the largest (x[round(9)] clamped to x[8] = 0.75: its 2 pixels kept)."""
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", CODED)
+    meta = generate(_CodedSegmenter(3, (5, 1)), samples, tmp_path / "pseudo", percentile=percentile)
+    assert meta["pixels_kept"]["class_0"] == kept_class_0
+    with pytest.raises(ValueError, match=r"--percentile must be in \(0, 100\], got 100.5"):
+        generate(_CodedSegmenter(3, (1, 1)), [], tmp_path / "bad", percentile=100.5)

@@ -462,7 +462,14 @@ def test_rsmi_centres_are_constants_by_default():
         torch.testing.assert_close(grads[True][i][~is_centre], grads[False][i][~is_centre], rtol=1e-4, atol=1e-7)
         attached = grads[False][i].norm(dim=1)
         assert attached[is_centre].mean() > 3 * attached[~is_centre].mean()
-    assert float(rsmi(x, y)) == grads[True][0]                     # the default
+    # the defaults of rsmi and rsmi_batched detach the centres
+    from translators.losses import rsmi_batched
+    for fn, args in ((rsmi, (x, y)), (rsmi_batched, (x[None], y[None]))):
+        xg = args[0].clone().requires_grad_(True)
+        value = fn(xg, args[1]).sum()
+        value.backward()
+        assert value.item() == grads[True][0]
+        assert torch.count_nonzero(xg.grad.reshape(100, -1)[is_centre]) == 0
 
 
 def test_fused_contrastive_losses_run_in_float32_under_autocast():
