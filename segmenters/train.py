@@ -8,7 +8,8 @@
         --work-dir results/runs/gta2cs/bdl_semst/r1 [--max-iters N] [--init CKPT] [--resume] \\
         [--seed 0] [--cfg-options key=value ...]
 
-The config comes from :func:`segmenters.configs.load_config` (``--cfg-options`` keys must exist).
+The config comes from :func:`segmenters.configs.load_config` (``--cfg-options`` keys must exist and
+values keep the kind of the value they replace).
 The UDA method (:mod:`segmenters.uda`) supplies the training dataset, the model type and the
 optimiser config; the rest is mmengine: ``IterBasedTrainLoop`` with an ``InfiniteSampler``,
 ``CheckpointHook`` (``iter_<n>.pth`` every ``checkpoint_interval``, last two kept), ``LoggerHook``
@@ -355,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest iter_<n>.pth in --work-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
-                   help="override config keys (they must exist), e.g. uda.lambda_adv=1e-4 batch_size=1")
+                   help="override config keys (they must exist; a value keeps the kind of the one it replaces), "
+                        "e.g. uda.lambda_adv=1e-4 batch_size=1")
     p.add_argument("--source-split", default="train")
     p.add_argument("--target-split", default="train", help="target split trained on (unlabelled / pseudo / oracle)")
     p.add_argument("--val-split", default="val", help="labelled target split validated on")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,9 +209,16 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _field_types(obj: Any) -> dict[str, Any]:
-    hints = typing.get_type_hints(type(obj))
-    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+def _field_types(obj: Any) -> typing.Mapping[str, Any]:
+    return _class_field_types(type(obj))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_field_types(cls: type) -> typing.Mapping[str, Any]:
+    """Field name -> annotated type of a config dataclass (resolved once: the workflow loads configs
+    many times at plan time, workflow/lib/wflib/validate.py)."""
+    hints = typing.get_type_hints(cls)
+    return types.MappingProxyType({f.name: hints[f.name] for f in dataclasses.fields(cls)})
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -275,8 +284,10 @@ def _assign(cfg: TranslatorConfig, key: str, value: Any, source: str) -> None:
         types_ = _field_types(obj)
         if part not in types_:
             prefix = ".".join(parts[:depth])
-            known = ", ".join(f"{prefix + '.' if prefix else ''}{k}" for k in types_)
-            raise ConfigError(f"{source}: unknown config key '{key}' (known here: {known})")
+            names = [f"{prefix + '.' if prefix else ''}{k}" for k in types_]
+            close = difflib.get_close_matches(".".join(parts[:depth + 1]), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{key}' (known here: {', '.join(names)}){hint}")
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(obj, part)):
                 raise ConfigError(f"{source}: '{key}' is a section; set one of its keys, e.g. '{key}.<name>=...'")

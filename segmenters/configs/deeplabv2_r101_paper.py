@@ -89,8 +89,8 @@ uda = dict(
     d_optimizer=dict(type="Adam", lr=1e-4, betas=(0.9, 0.99)),   # same poly schedule as the segmenter
     lambda_pseudo=1.0,           # weight of the target pseudo-label cross-entropy (BDL SSL)
     pseudo_threshold=0.9,        # BDL: confidence threshold for pseudo-labels
-    # method sections (defaults live in the method modules; set keys here or with
-    # --cfg-options "uda.sepico={'contrast_mode': 'proto'}")
+    # method sections (defaults live in the method modules; set keys here: --cfg-options can only
+    # change keys a preset lists, as uda.sepico.alpha=0.99 at tiny; a dict value is not parsed)
     sepico=dict(),
     ldr=dict(),
     # ProDA (segmenters/uda/proda.py): teacher = previous stage's final.pth (stages 2/3)

@@ -16,6 +16,7 @@ sys.path.insert(1, str(REPO))  # domains (wflib imports its shared helpers)
 
 from wflib import distributed as wfd  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
+from wflib import validate as wfv  # noqa: E402
 from wflib.codehash import code_hash  # noqa: E402
 from wflib.rounds import decide  # noqa: E402
 
@@ -63,6 +64,8 @@ try:
     wfc.check_names(config)
     DATASETS = wfc.dataset_table(config)
     MINICITY = wfc.minicity_table(config)
+    # every --set / --cfg-options the jobs would get, through the CLIs' own config loaders
+    wfv.check_overrides(config, REPO)
 except wfc.ConfigError as err:
     _stop(err)
 
@@ -178,7 +181,7 @@ def guide_segmenter(pair, translator):
 def translator_config_file(pair, translator):
     """translators/configs/<method>_<preset>.yaml (checked at DAG build, not mid-run)."""
     t = translator_cfg(translator)
-    path = REPO / "translators" / "configs" / f"{t['method']}_{preset_of(pair)}.yaml"
+    path = wfv.translator_config_path(REPO, t["method"], preset_of(pair))
     if not path.is_file():
         raise WorkflowError(f"Config error: translator '{translator}' (config key 'translators.{translator}.method' = "
                             f"{t['method']!r}) at preset {preset_of(pair)!r} (config key 'pairs.{pair}.preset') needs "
@@ -390,9 +393,10 @@ def segmenter_flags(wc, input):
     if seg.get("val_interval") is not None:
         flags += ["--val-interval", str(seg["val_interval"])]
     flags += ["--seed", str(seg["seed"] + k)]
-    options = {**seg.get("cfg_options", {}), **uda_cfg(wc.uda).get("cfg_options", {})}
+    uda_cfg(wc.uda)  # a clear error for an unknown method
+    options = wfv.segmenter_overrides(config, wc.pair, wc.uda)
     if options:
-        flags += ["--cfg-options", *wfc.format_sets(options)]
+        flags += ["--cfg-options", *wfv.cfg_option_items(options)]
     return wfc.join_quoted(flags)
 
 
@@ -442,8 +446,8 @@ def translator_flags(wc, round_):
     flags += ["--seed", str(tr["seed"] + round_)]
     if round_ > 0:
         flags += ["--feedback-weight", str(translator_cfg(wc.translator).get("feedback_weight", 0.1))]
-    sets = {**tr.get("set", {}), **translator_cfg(wc.translator).get("set", {})}
-    for item in wfc.format_sets(sets):
+    translator_cfg(wc.translator)  # a clear error for an unknown translator
+    for item in wfv.set_items(wfv.translator_overrides(config, wc.pair, wc.translator)):
         flags += ["--set", item]
     return wfc.join_quoted(flags)
 

@@ -1,7 +1,8 @@
 """Pure helpers of the Snakemake workflow (no ML logic, no Snakemake imports).
 
 Kept out of the Snakefile so they are unit-testable: config loading and name checks
-(:mod:`wflib.pipeline_config`), round decisions (:mod:`wflib.rounds`), source hashing
+(:mod:`wflib.pipeline_config`), the stage CLIs' overrides checked by their own config loaders
+(:mod:`wflib.validate`), round decisions (:mod:`wflib.rounds`), source hashing
 (:mod:`wflib.codehash`), resumable launching (:mod:`wflib.launch`), multi-process training
 commands and SLURM resources (:mod:`wflib.distributed`), figures
 (:mod:`wflib.figures`), summary tables (:mod:`wflib.tables`, :mod:`wflib.table`) and the
