@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 STAND_IN_FLAG = "__segmenters_stand_in__"
 FULL_MMCV_HINT = ("it needs the compiled mmcv ops (mmcv._ext), which mmcv-lite does not ship; "
-                  "see the README section 'Optional: full mmcv with compiled ops' to build mmcv 2.1.0")
+                  "see docs/cli.md, 'Optional: full mmcv with compiled ops', to build mmcv 2.1.0")
 
 
 def compiled_mmcv_available() -> bool:

@@ -1,13 +1,12 @@
 """Planning the paper-scale DAG (gta2cs, syn2cs) against a fake tree in the real datasets' layout.
 
 minicity writes GTA5/SYNTHIA/Cityscapes trees at the real image sizes with a handful of images;
-the real `domains prepare` converts them, then dry-runs must show the rounds, rules and GPU
+the real `domains prepare` converts them (the builder is benchmarks/paper_plan.py, shared with
+benchmarks/paper_readiness.py), then dry-runs must show the rounds, rules and GPU
 resources of the paper preset without running anything else.
 """
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,47 +14,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from paper_plan import build_fake_tree, job_blocks, job_counts, run_snakemake  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / "config/config.yaml"), "--workflow-profile", "none", "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def job_counts(output: str) -> Counter:
-    """The 'Job stats' table of a dry-run as {rule: count}."""
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)})
-
-
-def job_blocks(output: str) -> dict[str, list[str]]:
-    """Dry-run job descriptions grouped by rule name."""
-    blocks: dict[str, list[str]] = {}
-    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?(?:rule|checkpoint) )", output):
-        m = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):", block, re.M)
-        if m:
-            blocks.setdefault(m.group(1), []).append(block)
-    return blocks
+def snakemake(workdir: Path, *args: str):
+    return run_snakemake(workdir, *args)
 
 
 @pytest.fixture(scope="module")
 def real_layout(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("paper_plan")
-    fake = work / "fake_raw"
-    gen = subprocess.run([sys.executable, "-m", "domains.minicity", "--out", str(fake), "--n-source", "2",
-                          "--n-train", "2", "--n-val", "2", "--gta5-size", "1914x1052", "--synthia-size", "1280x760",
-                          "--target-size", "2048x1024", "--workers", "2", "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    raw = work / "data" / "raw"
-    raw.mkdir(parents=True)
-    for name in ("gta5", "synthia", "cityscapes"):  # data/raw/<dataset> as config/pairs/*.yaml expect
-        (raw / name).symlink_to(fake / name)
-    prep = snakemake(work, "data/prepared/gta5", "data/prepared/synthia", "data/prepared/cityscapes")
-    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
-    return work
+    """data/raw/{gta5,synthia,cityscapes} at the real sizes, prepared by the workflow (benchmarks/paper_plan.py)."""
+    return build_fake_tree(tmp_path_factory.mktemp("paper_plan"))
 
 
 def test_paper_plan_round_zero_and_checkpoint(real_layout):

@@ -23,7 +23,7 @@ Speed (same maths): G_A runs once on cat(a, b) giving G_A(a) and the identity G_
 is per sample, so batching is exact); likewise G_B.
 
 Target-to-source translation for LDR: train with ``--source <target> --target <source>``; G_A is then
-the T->S generator that ``refine`` applies (see the README's LDR notes).
+the T->S generator that ``refine`` applies (see the LDR notes in docs/cli.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: run the minicity demo DAG -- SemST translation, then DeepLab-V2 with BDL self-training
 # in rounds until target mIoU stops improving, beside the source-only and oracle references -- print
-# the per-round table and the comparison (where BDL + SemST sits between source-only and oracle),
+# the per-round table and the comparison (BDL + SemST beside source-only and oracle, with the fraction of the gap it closes),
 # and build the Snakemake report (comparison page, per-round plot and table, translated samples,
 # pseudo-label examples). Run from the repository root; override SNAKEMAKE, PYTHON, TARGETS
 # (space-separated final tables) and CORES.
