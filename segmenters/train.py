@@ -59,7 +59,7 @@ from domains.prepared import PreparedDataError, PreparedDataset  # noqa: E402
 
 from . import datasets as seg_datasets  # noqa: E402  (registers PreparedSegDataset, UDADataset)
 from . import distributed as seg_dist  # noqa: E402  (--launcher: wrappers, gloo on CPU)
-from .configs import load_config  # noqa: E402
+from .configs import ARCH_FILES, PRESETS, load_config  # noqa: E402
 from .uda import METHODS, TrainInputs, UDAMethod, get_method  # noqa: E402
 from .uda.base import TrainError, val_dataset_cfg  # noqa: E402
 
@@ -338,8 +338,8 @@ def train(args: argparse.Namespace) -> TrainResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segmenters train",
                                 description="Train a segmenter (DeepLab-V2 / FCN-8s) with a UDA method.")
-    p.add_argument("--arch", required=True, choices=["deeplabv2", "fcn8s"])
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--arch", required=True, choices=list(ARCH_FILES))  # segmenters/configs: one source
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--uda", required=True, choices=sorted(METHODS), help="UDA method")
     p.add_argument("--source", required=True, help="prepared source dataset folder (data/prepared/<src>)")
     p.add_argument("--source-images", default=None,

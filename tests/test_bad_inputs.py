@@ -208,7 +208,7 @@ def _load_inception(path):
 
 
 def _load_vgg19(path):
-    from segmenters.ldr_networks import load_vgg19_features
+    from segmenters.uda.ldr_parts import load_vgg19_features
 
     return load_vgg19_features(path)
 

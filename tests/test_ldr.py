@@ -1,5 +1,6 @@
-"""Label-driven reconstruction (segmenters/uda/ldr.py, segmenters/ldr_networks.py): Boltzmann softmax,
-pix2pixHD loss weights, the LDR segmentor's four-optimiser train_step, its registration and the CLI."""
+"""Label-driven reconstruction (segmenters/uda/ldr.py, segmenters/uda/ldr_parts.py) and the shared
+pix2pixHD blocks it uses (nets/pix2pixhd.py, nets/vgg.py, nets/losses.py): Boltzmann softmax, pix2pixHD
+loss weights, the LDR segmentor's four-optimiser train_step, its registration and the CLI."""
 from __future__ import annotations
 
 import math
@@ -13,15 +14,16 @@ import segmenters  # noqa: F401  (mmcv.ops stand-in before mmseg)
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS
+from nets.losses import feature_matching_loss, lsgan_multiscale, perceptual_loss
+from nets.pix2pixhd import GlobalGenerator, MultiscaleDiscriminator
+from nets.vgg import VGG_LAYER_WEIGHTS, VGG19Features, vgg19_features_layers
 from segmenters import uda as seg_uda
 from segmenters.configs import load_config
 from segmenters.datasets import UDADataset
-from segmenters.ldr_networks import (VGG_LAYER_WEIGHTS, GlobalGenerator, MultiscaleDiscriminator, VGG19Features,
-                                     boltzmann_softmax, feature_matching_loss, load_vgg19_features,
-                                     lsgan_multiscale, perceptual_loss, vgg19_features_layers)
 from segmenters.uda import TrainInputs
 from segmenters.uda.base import UDAOptimWrapperConstructor
 from segmenters.uda.ldr import LDR, ldr_params, one_hot_labels
+from segmenters.uda.ldr_parts import boltzmann_softmax, load_vgg19_features
 
 SMALL = ["crop_size=(32,64)", "model.data_preprocessor.size=(32,64)", "train_scale=(64,32)",
          "target_scale=(64,32)", "test_scale=(64,32)", "batch_size=1", "log_interval=1"]

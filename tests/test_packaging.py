@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -76,5 +77,21 @@ def test_data_and_results_are_ignored_except_their_readme():
 
 
 def test_packages_import_without_workflow():
-    code = "import domains, segmenters, translators, sys; assert 'snakemake' not in sys.modules"
+    code = "import domains, nets, segmenters, translators, sys; assert 'snakemake' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_every_top_level_package_is_packaged():
+    """pyproject.toml's package list names every package folder (a new one is otherwise missing from the
+    editable install and the wheel)."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.rstrip("*") for p in include) == sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+
+
+def test_nets_is_a_bottom_layer_package():
+    """The shared GAN blocks import no project package (docs/design.md §2.2); ``import nets`` alone is free."""
+    code = ("import sys, nets; assert 'torch' not in sys.modules, 'import nets imported torch'; "
+            "import nets.pix2pixhd, nets.vgg, nets.losses; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('domains', 'segmenters', 'translators')); "
+            "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

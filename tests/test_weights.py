@@ -257,9 +257,9 @@ def test_vgg19_file_is_refused_for_vgg16(fcn_paper, zoo):
 
 # ------------------------------------------------------------------ LDR's VGG19, FID's Inception
 def test_vgg19_by_name_for_the_ldr_perceptual_loss(use_zoo, tmp_path):
-    from segmenters.ldr_networks import load_vgg19_features
     from segmenters.uda import TrainInputs
     from segmenters.uda.ldr import LDR
+    from segmenters.uda.ldr_parts import load_vgg19_features
 
     vgg = load_vgg19_features("vgg19")
     tv = torch.load(use_zoo / VGG19.filename, weights_only=True)

@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "workflow" / "lib"))
 
 from wflib import distributed as wfd  # noqa: E402
+from wflib.schema import fill_defaults  # noqa: E402
+
+
+def resource(**spec) -> dict:
+    """One resources.<preset>.<group> entry as the workflow has it: the schema's defaults filled in."""
+    return fill_defaults(spec, "#/$defs/resource")
+
+
+def resources(**presets) -> dict:
+    """resources.<preset> sections (each rule group filled in with the schema's defaults)."""
+    return {preset: fill_defaults(groups, "#/$defs/resource_groups") for preset, groups in presets.items()}
 
 
 def test_train_command_forms():
@@ -52,15 +63,17 @@ def test_launch_mode_follows_the_executor_and_the_allocation():
 
 
 def test_processes_and_config_checks():
-    assert wfd.processes({}) == (1, 1)
-    assert wfd.processes({"gpus": 8, "nodes": 2}) == (8, 2)
+    assert wfd.processes(resource()) == (1, 1)  # the schema's defaults
+    assert wfd.processes(resource(gpus=8, nodes=2)) == (8, 2)
+    # values the schema refuses (the workflow stops before) are still refused here, naming the key
     with pytest.raises(wfd.DistConfigError, match=r"'resources.paper.segment.gpus' must be an integer >= 1"):
-        wfd.processes({"gpus": 0}, "resources.paper.segment")
+        wfd.processes({**resource(), "gpus": 0}, "resources.paper.segment")
     with pytest.raises(wfd.DistConfigError, match="nodes"):
-        wfd.processes({"nodes": True}, "r")
-    wfd.check_resources({"paper": {"segment": {"gpus": 4, "nodes": 2}, "translate": {"gpus": 2}, "evaluate": {"gpus": 1}}})
+        wfd.processes({**resource(), "nodes": True}, "r")
+    wfd.check_resources(resources(paper={"segment": {"gpus": 4, "nodes": 2}, "translate": {"gpus": 2},
+                                         "evaluate": {"gpus": 1}}))
     with pytest.raises(wfd.DistConfigError, match=r"resources.paper.refine.gpus.*only the rule groups segment, translate"):
-        wfd.check_resources({"paper": {"refine": {"gpus": 2}}})
+        wfd.check_resources(resources(paper={"refine": {"gpus": 2}}))
 
 
 def _present(res: dict) -> dict:

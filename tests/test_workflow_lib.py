@@ -18,15 +18,17 @@ sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts
 
 from wflib import launch  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
+from wflib.schema import fill_defaults  # noqa: E402
 from wflib.codehash import code_hash  # noqa: E402
 from wflib.rounds import RoundDecision, best_round, decide  # noqa: E402
 from wflib.table import final_table  # noqa: E402
 
 
 def default_config() -> dict:
+    """config/config.yaml with its pairs, validated and filled with the schema's defaults, as common.smk has it."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     wfc.load_pairs(config, REPO, REPO)
-    return config
+    return fill_defaults(config)
 
 
 # ---------------------------------------------------------------- rounds

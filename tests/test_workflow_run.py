@@ -34,7 +34,7 @@ def env(tmp_path_factory) -> dict:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
     copy.mkdir()
     shutil.copy2(REPO / "Snakefile", copy / "Snakefile")
-    for name in ("workflow", "config", "domains", "translators", "segmenters"):
+    for name in ("workflow", "config", "domains", "nets", "translators", "segmenters"):
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
     if (REPO / "environment.yml").exists():
         shutil.copy2(REPO / "environment.yml", copy / "environment.yml")

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts its mutated wflib first
 
 from wflib import pipeline_config as wfc  # noqa: E402
+from wflib.schema import fill_defaults  # noqa: E402
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def job_counts(output: str) -> Counter:
 def config() -> dict:
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     wfc.load_pairs(cfg, REPO, REPO)
-    return cfg
+    return fill_defaults(cfg)  # as common.smk has it
 
 
 def test_ldr_pairs_with_target_to_source_translators_only(config):

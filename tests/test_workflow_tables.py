@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts its mutated wflib first
 
 from wflib import tables as wft  # noqa: E402
+from wflib.schema import fill_defaults  # noqa: E402
 
 from domains.labels import CLASSES  # noqa: E402
 
@@ -27,9 +28,11 @@ SKY, VEG, ROAD, BUILDING, CAR = (CLASSES.index(c) for c in ("sky", "vegetation",
 
 
 def base_config() -> dict:
+    """config/config.yaml with pair minicity, the schema's defaults filled in (as common.smk has it;
+    a test that adds a method fills again)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["pairs"] = {"minicity": yaml.safe_load((REPO / "config" / "pairs" / "minicity.yaml").read_text())}
-    return config
+    return fill_defaults(config)
 
 
 def confusion(sky_to_veg: int = 0, road_to_car: int = 0) -> np.ndarray:
@@ -65,6 +68,7 @@ def test_translation_plan_skips_planned_and_rejects_unknown():
     assert names[0] == "none" and "spade" not in names and {"cut", "semst", "semst_ts2", "cyclegan"} <= set(names)
     assert any("spade" in n and "planned" in n for n in notes)
     config["translators"]["t2s"] = {"method": "cyclegan", "direction": "target_to_source"}
+    fill_defaults(config)
     config["tables"]["translation"]["translators"] = ["cut", "t2s"]
     names, notes = wft.translation_plan(config, "minicity")
     assert names == ["none", "cut"] and any("t2s" in n and "target -> source" in n for n in notes)

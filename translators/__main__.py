@@ -1,4 +1,4 @@
-"""Command line: ``python -m translators {train,refine} ...`` (see README / --help).
+"""Command line: ``python -m translators {train,refine} ...`` (see docs/cli.md / --help).
 
 Exit codes: 0 ok, 2 bad input (config, data, checkpoint; one message naming the file or key, see
 docs/errors.md), 3 training diverged (NaN/Inf loss). ``--debug`` (or ``SEMST_DEBUG=1``) shows the
@@ -12,7 +12,7 @@ import sys
 
 from domains.errors import DEBUG_ENV, debug_enabled, short_message
 from translators.checkpoint import CheckpointError
-from translators.config import ConfigError, load_config
+from translators.config import FEEDBACK_WEIGHT, ConfigError, load_config
 from translators.data import DataError
 from translators.feedback import FeedbackError
 
@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, help="stop after this step (checkpoint, no final.pt); resume later")
     t.add_argument("--device", help="auto | cpu | cuda[:i] (overrides train.device)")
     t.add_argument("--feedback-segmenter", help="segmenter checkpoint for the semantic-consistency loss")
-    t.add_argument("--feedback-weight", type=float, default=0.1, help="weight of that loss (BDL: 0.1)")
+    t.add_argument("--feedback-weight", type=float, default=FEEDBACK_WEIGHT,
+                   help=f"weight of that loss (default {FEEDBACK_WEIGHT}, BDL's)")
     t.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
     t.add_argument("--launcher", default="none", choices=("none", "pytorch", "slurm"),
                    help="multi-process training: 'pytorch' under torchrun, 'slurm' under srun (one process per "

@@ -1,10 +1,18 @@
 """Translator configuration: dataclasses, YAML loading and ``--set key=value`` overrides.
 
 A config is data (docs/design.md §7): one :class:`TranslatorConfig` with sections ``model``,
-``data``, ``loss``, ``semst``, ``train`` and ``refine``. YAML files may name a ``_base_`` file
-(path relative to the YAML) whose values they override, so ablation configs stay one-liners.
-Unknown keys (in YAML or ``--set``) and wrongly typed values raise :class:`ConfigError` naming the
-key. Method-specific defaults (SemST uses hDCE and the TS loss) are applied before the YAML.
+``data``, ``loss``, ``semst``, ``cyclegan``, ``spade``, ``train`` and ``refine``. YAML files may
+name a ``_base_`` file (path relative to the YAML) whose values they override, so ablation configs
+stay one-liners. Unknown keys (in YAML or ``--set``) and wrongly typed values raise
+:class:`ConfigError` naming the key.
+
+One source for every default: the defaults are the dataclass field defaults below (CUT's recipe
+for the shared sections, each method section's published values), with :data:`METHOD_DEFAULTS` on
+top for a method whose own defaults differ (SemST: hDCE and lambda_TS = 2), applied before the
+YAML. A YAML file (``translators/configs/<method>_<preset>.yaml``) holds only what differs from
+what it would get without it: those defaults, or its ``_base_`` file's values; a key that repeats
+them is an error of tests/test_defaults.py. :data:`FEEDBACK_WEIGHT` is the default of
+``translators train --feedback-weight`` (not a config key), which the workflow reads too.
 """
 from __future__ import annotations
 
@@ -21,6 +29,10 @@ from typing import Any
 import yaml
 
 METHODS = ("cut", "semst", "cyclegan", "spade")
+#: ``translators train --feedback-weight``: weight of the semantic-consistency loss on translation vs
+#: input with ``--feedback-segmenter`` (BDL's 0.1); config key ``translators.<t>.feedback_weight`` of
+#: the workflow is null = this value
+FEEDBACK_WEIGHT = 0.1
 ARCH_KEYS = ("model.ngf", "model.ndf", "model.n_blocks", "model.n_layers_D", "model.antialias",
              "model.norm", "model.netF_nc", "model.scale_mid_channels", "model.scale_kernel",
              "loss.nce_layers", "semst.multiscale", "semst.gan_on")

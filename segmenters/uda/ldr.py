@@ -12,16 +12,17 @@ style X_{t->s} (target-to-source CycleGAN, paper Sec. 3.2; see "Data" below), wi
 * L_adv(G(X_{t->s})) and the output-space discriminator are BDL's (:mod:`segmenters.uda.bdl`,
   ``FCDiscriminator``, BCE, source = 0 / target = 1, lambda_adv 1e-3 DeepLab-V2 / 1e-4 FCN-8s).
 * M: pix2pixHD global generator on Omega (C channels); D_k: 3-scale conditional PatchGANs on
-  cat(Omega, image) (:mod:`segmenters.ldr_networks`). Choices where the paper is silent: the GAN
-  form is LSGAN (pix2pixHD's default; Eq. 4 is written with logs); the feature-matching per-layer
-  weight w_fm is pix2pixHD's 4/(n_layers+1)/num_D (Eq. 5 writes a plain sum), so beta = 10 plays
-  pix2pixHD's lambda_feat = 10; the VGG19 weights w_m are 1/32, 1/16, 1/8, 1/4, 1; alpha is
+  cat(Omega, image) (:mod:`nets.pix2pixhd`; the losses :mod:`nets.losses`; Omega and the VGG19
+  file :mod:`segmenters.uda.ldr_parts`). Choices where the paper is silent: the GAN form is LSGAN
+  (pix2pixHD's default; Eq. 4 is written with logs); the feature-matching per-layer weight w_fm is
+  pix2pixHD's 4/(n_layers+1)/num_D (Eq. 5 writes a plain sum), so beta = 10 plays pix2pixHD's
+  lambda_feat = 10; the VGG19 weights w_m are 1/32, 1/16, 1/8, 1/4, 1; alpha is
   0.001 (DeepLab-V2) / 0.01 (FCN-8s) and beta 10 (paper Sec. 4.3). The D_k step minimises
   1/2 (LSGAN(real, 1) + LSGAN(fake, 0)) on detached Omega and M(Omega) (alpha only weighs the G/M side).
 * Images for reconstruction are the segmenter's inputs mapped back to RGB in [-1, 1]; Omega comes
   from the logits upsampled to the input size (optionally both resized by ``recon_scale`` to bound
   the memory of M and D_k at paper resolution). Omega is computed in float32 outside autocast
-  (:func:`~segmenters.ldr_networks.boltzmann_softmax`).
+  (:func:`~segmenters.uda.ldr_parts.boltzmann_softmax`).
 * Gradients: L_G + alpha L_adv + beta L_rec reach G (through Omega) and M; each network has its own
   optimiser (``segmentor``, ``discriminator``, ``reconstructor``, ``recon_discriminator`` in an
   ``OptimWrapperDict``). One forward pass; two backward passes restricted with ``inputs=`` (G's
@@ -60,13 +61,14 @@ compat.install_mmcv_ops_stand_in()
 from mmengine.optim import OptimWrapperDict  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from ..ldr_networks import (GlobalGenerator, MultiscaleDiscriminator, boltzmann_softmax,  # noqa: E402
-                            check_vgg19_weights, feature_matching_loss, load_vgg19_features, lsgan_multiscale,
-                            perceptual_loss)
+from nets.losses import feature_matching_loss, lsgan_multiscale, perceptual_loss  # noqa: E402
+from nets.pix2pixhd import GlobalGenerator, MultiscaleDiscriminator  # noqa: E402
+
 from . import discriminator as _discriminator  # noqa: E402,F401  (registers FCDiscriminator)
 from .base import (SEGMENTOR_KEY, TrainError, TrainInputs, UDAMethod, UDASegmentor,  # noqa: E402
                    set_requires_grad, source_dataset_cfg, target_dataset_cfg, uda_param)
 from .bdl import DISCRIMINATOR_KEY, adversarial_generator_loss, discriminator_loss  # noqa: E402
+from .ldr_parts import boltzmann_softmax, check_vgg19_weights, load_vgg19_features  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -568,7 +568,8 @@ class ProDADistill(_ProDASelfTraining):
 
     name = "proda_distill"
     stage = "stage2"
-    _pseudo_hint = "hard pseudo-labels of the previous stage: `python -m segmenters pseudolabel --rule fixed --threshold 0.95`"
+    _pseudo_hint = ("hard pseudo-labels of the previous stage: `python -m segmenters pseudolabel --rule fixed "
+                    f"--threshold {ProDAConfig.threshold}`")
 
     def train_dataset(self, cfg: Any, inputs: TrainInputs) -> dict:
         pseudo = self._pseudo(inputs)

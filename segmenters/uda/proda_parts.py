@@ -367,10 +367,10 @@ def kl_uniform_regulariser(logits: Tensor) -> Tensor:
     return -F.log_softmax(logits, dim=1).mean()
 
 
-def hard_pseudo_labels(probs: Tensor, threshold: float = 0.95, ignore_index: int = 255) -> Tensor:
+def hard_pseudo_labels(probs: Tensor, threshold: float = ProDAConfig.threshold, ignore_index: int = 255) -> Tensor:
     """Stage-2/3 hard pseudo-labels from the previous stage's (flip-averaged) probabilities
     ``(B, C, H, W)``: argmax, and pixels with max-probability <= ``threshold`` -> ``ignore_index``
-    (ProDA ``--threshold 0.95``, the loader's ``conf <= threshold``)."""
+    (ProDA ``--threshold``, default :attr:`ProDAConfig.threshold`; the loader's ``conf <= threshold``)."""
     conf, labels = probs.max(dim=1)
     return labels.masked_fill(conf <= threshold, ignore_index)
 

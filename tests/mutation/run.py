@@ -39,11 +39,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = Path(__file__).with_name("modules.yaml")
-PACKAGES = {"segmenters": "segmenters", "translators": "translators", "domains": "domains",
+PACKAGES = {"segmenters": "segmenters", "translators": "translators", "domains": "domains", "nets": "nets",
             "wflib": "workflow/lib/wflib"}
 # what the selected tests read by path (package folders too: tests open their YAML/config files by
 # path; imports still get the mutated copies under src/, which mutmut puts first on sys.path)
-COPIED = ["tests", "config", "workflow", "Snakefile", "profiles", "segmenters", "translators", "domains"]
+COPIED = ["tests", "config", "workflow", "Snakefile", "profiles", "segmenters", "translators", "domains", "nets"]
 log = logging.getLogger("mutation")
 
 

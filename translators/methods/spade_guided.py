@@ -39,13 +39,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nets.losses import lsgan_multiscale
+from nets.pix2pixhd import MultiscaleDiscriminator
 from translators import config as _config
 from translators.config import ConfigError
 from translators.data import CropSpec
 from translators.feedback import to_pixel_range
 from translators.losses.cycle import cycle_loss, latent_cycle_loss
 from translators.losses.sce import symmetric_cross_entropy
-from translators.networks.multiscale_discriminator import MultiscaleDiscriminator, lsgan_multiscale
 from translators.networks.spade import SEG_INTERP, ContentEncoder, SpadeDecoder
 
 from .base import TranslatorMethod, pad_to_multiple, tiled_apply

@@ -1,5 +1,8 @@
 # Config loading, validation, names, paths and input functions shared by every rule file.
 # Only functions live here (no rules); the logic that is worth testing is in workflow/lib/wflib.
+# Defaults: validation fills in every default of workflow/schemas/config.schema.yaml, the one
+# source of them (wflib/schema.py); below, config keys are indexed, never `.get(key, default)`
+# (tests/test_defaults.py). `.get` is left for keys whose absence means something.
 import csv
 import os
 import re
@@ -16,9 +19,11 @@ sys.path.insert(1, str(REPO))  # domains (wflib imports its shared helpers)
 
 from wflib import distributed as wfd  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
+from wflib import stage_defaults as wfstage  # noqa: E402
 from wflib import validate as wfv  # noqa: E402
 from wflib.codehash import code_hash  # noqa: E402
 from wflib.rounds import decide  # noqa: E402
+from translators.config import FEEDBACK_WEIGHT  # noqa: E402  (plain Python: no torch at plan time)
 
 WORKDIR = Path.cwd()
 
@@ -76,18 +81,23 @@ RESUMABLE = str(REPO / "workflow" / "scripts" / "resumable.py")
 
 # Hash of the package sources each stage runs (docs/design.md §3.9): a change in translators/
 # reruns translator training, refinement and everything downstream, never data preparation.
+# nets/ (the GAN blocks both stages import) counts for every translator and segmenter stage.
 CODE = {
     "data": code_hash(REPO, ["domains"]),
-    "translate": code_hash(REPO, ["domains", "translators"]),
-    "translate_feedback": code_hash(REPO, ["domains", "segmenters", "translators"]),
-    "refine": code_hash(REPO, ["domains", "translators"]),
-    "segment": code_hash(REPO, ["domains", "segmenters"]),
+    "translate": code_hash(REPO, ["domains", "nets", "translators"]),
+    "translate_feedback": code_hash(REPO, ["domains", "nets", "segmenters", "translators"]),
+    "refine": code_hash(REPO, ["domains", "nets", "translators"]),
+    "segment": code_hash(REPO, ["domains", "nets", "segmenters"]),
     "report": code_hash(REPO, ["workflow/lib/wflib", "domains/labels.py"]),
 }
 
 # Resume state the training CLIs leave in their run dir (see wflib.launch).
 TRANSLATOR_STATE = wfc.join_quoted(["--state", "checkpoint.pt"])
 SEGMENTER_STATE = wfc.join_quoted(["--state", "iter_*.pth", "--state", "last_checkpoint"])
+
+#: ProDA --threshold (proda.smk, uda_stage_name): stage 2/3 hard pseudo-labels keep pixels with confidence
+#: above it; ProDA's own setting (segmenters/uda/proda_parts.py ProDAConfig.threshold), read without torch
+PRODA_THRESHOLD = wfstage.proda_threshold(REPO)
 
 
 def _alternatives(names):
@@ -171,7 +181,7 @@ def refined_origin_dir(pair, tag):
 
 def guide_segmenter(pair, translator):
     """Round-0 segmenter that guides round-0 training of a guided translator (SPADE), else None."""
-    guide = translator_cfg(translator).get("guide")
+    guide = translator_cfg(translator)["guide"]
     if not guide:
         return None
     uda, guide_translator = combo_parts(guide)
@@ -191,9 +201,8 @@ def translator_config_file(pair, translator):
 
 # ---------------------------------------------------------------- resources
 def _res(group, preset):
-    spec = {"threads": 1, "mem_mb": 2000, "runtime": 60}
-    spec.update(config["resources"][preset].get(group, {}))
-    return spec
+    """resources.<preset>.<group>, every key filled in (a group left out: the schema's defaults)."""
+    return dict(config["resources"][preset][group])
 
 
 def _preset_of_wildcards(wc):
@@ -216,7 +225,7 @@ def resource(group, key):
 
 
 def gpu_for(pair):
-    g = pair_cfg(pair).get("gpu")
+    g = pair_cfg(pair)["gpu"]
     return int(preset_of(pair) == "paper" if g is None else g)
 
 
@@ -263,7 +272,7 @@ def training_resources(group):
 def translator_ckpt(pair, uda, translator, k):
     """Translator of round k: round 0 is shared by all UDA methods; later rounds are per method."""
     k = int(k)
-    if k == 0 or not translator_cfg(translator).get("feedback", False):
+    if k == 0 or not translator_cfg(translator)["feedback"]:
         return f"results/runs/{pair}/{translator}/r0/final.pt"
     return f"results/runs/{pair}/{uda}_{translator}/r{k}/translator/final.pt"
 
@@ -273,7 +282,7 @@ def refined_manifest(pair, uda, translator, k):
     if not has_translator(translator):
         return None
     k = int(k)
-    if k == 0 or not translator_cfg(translator).get("feedback", False):
+    if k == 0 or not translator_cfg(translator)["feedback"]:
         return f"data/refined/{pair}/{translator}/r0/manifest.json"
     return f"data/refined/{pair}/{uda}_{translator}/r{k}/manifest.json"
 
@@ -294,18 +303,18 @@ def round_csv(pair, uda, translator, k):
 def check_round(pair, uda, translator, k):
     checked(wfc.check_combination, config, pair, uda, translator)
     k = int(k)
-    if k > 0 and not uda_cfg(uda).get("multi_round", False):
+    if k > 0 and not uda_cfg(uda)["multi_round"]:
         raise WorkflowError(f"Config error: uda '{uda}' has a single round (config key 'uda.{uda}.multi_round' is "
                             f"false); round r{k} does not exist")
     if k > rounds_of(pair, uda)["max"]:
-        key = f"uda.{uda}.rounds.max" if "max" in uda_cfg(uda).get("rounds", {}) else f"pairs.{pair}.rounds.max"
+        key = f"uda.{uda}.rounds.max" if "max" in uda_cfg(uda)["rounds"] else f"pairs.{pair}.rounds.max"
         raise WorkflowError(f"Config error: round r{k} exceeds config key '{key}' = {rounds_of(pair, uda)['max']}")
     return k
 
 
 def rounds_of(pair, uda):
     """The pair's `rounds` with the method's own `uda.<uda>.rounds` on top (ProDA: a fixed stage schedule)."""
-    return {**pair_cfg(pair)["rounds"], **uda_cfg(uda).get("rounds", {})}
+    return {**pair_cfg(pair)["rounds"], **uda_cfg(uda)["rounds"]}
 
 
 def dirname_of(path):
@@ -347,12 +356,12 @@ def translator_guide_flags(wc, input):
 
 def translator_r0_code(wc):
     """Guided translators also depend on the segmenters package (the guide is loaded through it)."""
-    return CODE["translate_feedback"] if translator_cfg(wc.translator).get("guide") else CODE["translate"]
+    return CODE["translate_feedback"] if translator_cfg(wc.translator)["guide"] else CODE["translate"]
 
 
 def translator_round_input(wc):
     k = check_round(wc.pair, wc.uda, wc.translator, wc.k)
-    if not translator_cfg(wc.translator).get("feedback", False):
+    if not translator_cfg(wc.translator)["feedback"]:
         raise WorkflowError(f"translator '{wc.translator}' takes no feedback: its rounds reuse round 0")
     prev = (f"results/runs/{wc.pair}/{wc.translator}/r0/final.pt" if k == 1
             else f"results/runs/{wc.pair}/{wc.uda}_{wc.translator}/r{k - 1}/translator/final.pt")
@@ -368,7 +377,7 @@ def segmenter_input(wc):
     refined = refined_manifest(wc.pair, wc.uda, wc.translator, k)
     if refined:
         inputs["refined"] = refined
-    if k > 0 and u.get("pseudo_labels", False):
+    if k > 0 and u["pseudo_labels"]:
         inputs["pseudo"] = pseudo_meta(wc.pair, wc.uda, wc.translator, k - 1)
     if k > 0 and pair_cfg(wc.pair)["segmenter"]["init_from_previous"]:
         inputs["init"] = segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1)
@@ -390,7 +399,7 @@ def segmenter_flags(wc, input):
     iters = seg["max_iters"] if k == 0 else (seg["round_iters"] or seg["max_iters"])
     if iters:
         flags += ["--max-iters", str(iters)]
-    if seg.get("val_interval") is not None:
+    if seg["val_interval"] is not None:
         flags += ["--val-interval", str(seg["val_interval"])]
     flags += ["--seed", str(seg["seed"] + k)]
     uda_cfg(wc.uda)  # a clear error for an unknown method
@@ -444,8 +453,9 @@ def translator_flags(wc, round_):
     if iters:
         flags += ["--iters", str(iters)]
     flags += ["--seed", str(tr["seed"] + round_)]
-    if round_ > 0:
-        flags += ["--feedback-weight", str(translator_cfg(wc.translator).get("feedback_weight", 0.1))]
+    if round_ > 0:  # written out also when it is the CLI's default (null), as the jobs always got it
+        weight = translator_cfg(wc.translator)["feedback_weight"]
+        flags += ["--feedback-weight", str(FEEDBACK_WEIGHT if weight is None else weight)]
     translator_cfg(wc.translator)  # a clear error for an unknown translator
     for item in wfv.set_items(wfv.translator_overrides(config, wc.pair, wc.translator)):
         flags += ["--set", item]
@@ -459,8 +469,8 @@ def pseudolabel_input(wc):
 
 def pseudolabel_flags(wc):
     spec = pair_cfg(wc.pair)["pseudolabel"]
-    flags = ["--split", spec["split"], "--rule", uda_cfg(wc.uda).get("pseudo_rule", "bdl")]
-    flags += wfc.cli_flags(spec.get("args", {}))
+    flags = ["--split", spec["split"], "--rule", uda_cfg(wc.uda)["pseudo_rule"]]
+    flags += wfc.cli_flags(spec["args"])
     return wfc.join_quoted(flags)
 
 
@@ -482,7 +492,7 @@ def _read_metric(path, metric):
 def completed_rounds(pair, uda, translator):
     """Rounds 0..K of a run: each round's CSV is read (checkpoint) before round k+1 is requested."""
     rounds = rounds_of(pair, uda)
-    multi = uda_cfg(uda).get("multi_round", False)
+    multi = uda_cfg(uda)["multi_round"]
     scores, k = [], 0
     while True:
         csv_path = checkpoints.evaluate.get(pair=pair, uda=uda, translator=translator, k=k).output.csv
@@ -500,7 +510,7 @@ def final_table_input(wc):
     refined = [refined_manifest(wc.pair, uda, translator, k) for k in range(n)]
     for manifest in dict.fromkeys(r for r in refined if r):  # each refined set once
         inputs["figures"].append(manifest.replace("data/refined/", "results/plots/").replace("manifest.json", "samples.png"))
-    if uda_cfg(uda).get("pseudo_labels", False):
+    if uda_cfg(uda)["pseudo_labels"]:
         inputs["figures"] += [pseudo_meta(wc.pair, uda, translator, j).replace("data/pseudo/", "results/plots/")
                               .replace("meta.json", "pseudo.png") for j in range(n - 1)]
     return inputs
@@ -514,7 +524,7 @@ def uda_stage_name(uda, k):
         return "ProDA warm-up (source CE + LS-GAN output-space adversarial)"
     if k == 1:
         return "ProDA stage 1 (prototype-rectified soft pseudo-labels, EMA teacher)"
-    return f"ProDA stage {k} (self-distillation from r{k - 1}, hard pseudo-labels > 0.95)"
+    return f"ProDA stage {k} (self-distillation from r{k - 1}, hard pseudo-labels > {PRODA_THRESHOLD})"
 
 
 def stage_descriptions(wc, input):
@@ -532,7 +542,7 @@ def stage_descriptions(wc, input):
             parts += [f"source raw {raw_source}", f"target {dirname_of(refined)}"]
         else:
             parts.append(f"source {dirname_of(refined)}" if refined else f"source raw {raw_source}")
-        if k > 0 and uda_cfg(uda).get("pseudo_labels", False):
+        if k > 0 and uda_cfg(uda)["pseudo_labels"]:
             parts.append(f"pseudo {dirname_of(pseudo_meta(wc.pair, uda, translator, k - 1))}")
         if refined:
             parts.append(f"translator {translator_ckpt(wc.pair, uda, translator, k)}")
@@ -546,14 +556,14 @@ def stage_descriptions(wc, input):
 def rounds_param(wc):
     uda, _ = combo_parts(wc.combo)
     r = dict(rounds_of(wc.pair, uda))
-    r["multi_round"] = bool(uda_cfg(uda).get("multi_round", False))
+    r["multi_round"] = bool(uda_cfg(uda)["multi_round"])
     r["class_set"] = pair_cfg(wc.pair)["evaluate"]["class_set"]
     return r
 
 
 def default_targets(wc):
     targets = []
-    for name in config.get("targets", []):
+    for name in config["targets"]:
         pair, uda, translator = checked(wfc.parse_target, name, config)
         checked(wfc.check_combination, config, pair, uda, translator)
         targets.append(f"results/{pair}_{uda}_{translator}.csv")
@@ -574,7 +584,7 @@ def table_free_combo():
 
 def metrics_code():
     """Hash of what the translation-metric rules run (translators.metrics + the segmenter loader)."""
-    return code_hash(REPO, ["domains", "segmenters", "translators/metrics"])
+    return code_hash(REPO, ["domains", "nets", "segmenters", "translators/metrics"])
 
 
 def tables_checked(fn, *args):
@@ -612,14 +622,14 @@ def translation_fcn_flags(wc, input):
              "--translator", wc.translator]
     if "refined" in input.keys():
         flags += ["--images", dirname_of(input.refined)]
-    if s.get("limit"):
+    if s["limit"]:
         flags += ["--limit", str(s["limit"])]
     return wfc.join_quoted(flags)
 
 
 def inception_weights(pair):
     """The configured FID weights file (None: no FID/KID); a missing file stops DAG building."""
-    path = tables_settings(pair)["translation"].get("inception_weights")
+    path = tables_settings(pair)["translation"]["inception_weights"]
     if path and not (Path(path) if Path(path).is_absolute() else WORKDIR / path).is_file():
         raise WorkflowError(f"Config error: config key 'tables.translation.inception_weights' = {path!r}: file not "
                             "found. Give pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or torch-fidelity's "
@@ -646,7 +656,7 @@ def translation_fid_flags(wc, input):
         flags += ["--fake-dir", dirname_of(input.refined)]
     else:
         flags += ["--fake-prepared", input.src, "--fake-split", s["split"]]
-    if fid.get("limit"):
+    if fid["limit"]:
         flags += ["--fake-limit", str(fid["limit"]), "--real-limit", str(fid["limit"])]
     return wfc.join_quoted(flags)
 
@@ -666,7 +676,7 @@ def translation_table_input(wc):
 def translation_table_notes(wc):
     _, notes = translation_rows(wc.pair)
     s = tables_settings(wc.pair)
-    if not s["translation"].get("inception_weights"):
+    if not s["translation"]["inception_weights"]:
         notes = notes + ["FID/KID columns left out: config key 'tables.translation.inception_weights' is null "
                          "(the FID Inception-V3 weights cannot be downloaded here; give the file's path to add them)"]
     return notes
@@ -686,7 +696,7 @@ def uda_table_input(wc):
 
 def published_params(wc, kind):
     p = tables_settings(wc.pair)["published"]
-    return {"files": [str(f) for f in p.get(kind, [])], "task": p.get("task"), "same_dataset": bool(p.get("same_dataset")),
+    return {"files": [str(f) for f in p[kind]], "task": p["task"], "same_dataset": bool(p["same_dataset"]),
             "repo": str(REPO)}
 
 

@@ -9,8 +9,7 @@
 # The generic segmenter_train / pseudolabel rules also match these paths: ruleorder gives ProDA's rules
 # precedence for the `proda` combo. Input/flag functions: proda_train_input/proda_train_flags in common.smk.
 
-#: ProDA --threshold: stage 2/3 hard pseudo-labels keep pixels with confidence above it
-PRODA_THRESHOLD = 0.95
+# PRODA_THRESHOLD (common.smk): ProDA --threshold, ProDAConfig.threshold of segmenters/uda/proda_parts.py
 
 
 ruleorder: proda_warmup > segmenter_train
@@ -120,7 +119,7 @@ rule proda_stage1:
 
 
 rule proda_pseudolabel:
-    """Hard pseudo-labels of ProDA segmenter k >= 1 (stage k+1's targets): argmax, confidence < 0.95 ignored."""
+    """Hard pseudo-labels of ProDA segmenter k >= 1 (stage k+1's targets): argmax, confidence < PRODA_THRESHOLD ignored."""
     input:
         segmenter="results/runs/{pair}/proda_{translator}/r{k}/final.pth",
         tgt=lambda wc: target_dir(wc.pair),

@@ -1,6 +1,8 @@
 """Pure helpers of the Snakemake workflow (no ML logic, no Snakemake imports).
 
-Kept out of the Snakefile so they are unit-testable: config loading and name checks
+Kept out of the Snakefile so they are unit-testable: the config schema, the one source of the
+workflow's defaults (:mod:`wflib.schema`), defaults read from the stage packages' sources
+(:mod:`wflib.stage_defaults`), config loading and name checks
 (:mod:`wflib.pipeline_config`), the stage CLIs' overrides checked by their own config loaders
 (:mod:`wflib.validate`), round decisions (:mod:`wflib.rounds`), source hashing
 (:mod:`wflib.codehash`), resumable launching (:mod:`wflib.launch`), multi-process training

@@ -63,10 +63,10 @@ def launch_mode(executor: str | None, gpus: int = 1, nodes: int = 1, env: Mappin
 
 
 def processes(spec: Mapping[str, Any], where: str = "resources") -> tuple[int, int]:
-    """``(gpus, nodes)`` of a resource spec (defaults 1), checked to be integers >= 1."""
+    """``(gpus, nodes)`` of a resource spec (the schema's defaults filled in), checked to be integers >= 1."""
     out = []
     for key in ("gpus", "nodes"):
-        value = spec.get(key, 1)
+        value = spec[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DistConfigError(f"config key '{where}.{key}' must be an integer >= 1, got {value!r}")
         out.append(value)

@@ -9,6 +9,11 @@ stops the workflow while Snakemake builds the DAG, before any job runs:
 * target names ``results/<pair>_<uda>_<translator>.csv``: parsed against the configured names,
   planned-but-unimplemented methods rejected up front;
 * datasets: one prepared name = one raw root; raw roots of real datasets must exist.
+
+Defaults come from the schema alone (wflib/schema.py): the functions below take the config as
+common.smk has it, validated with every schema default filled in, and index it; unit tests fill
+theirs with ``wflib.schema.fill_defaults``. Only :func:`resolve_pairs_dir`, :func:`load_pairs`
+and :func:`pair_file_names` run before validation (it needs the pairs).
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from wflib import schema as wfschema
 
 PAIR_NAME = re.compile(r"^[A-Za-z0-9]+$")
 METHOD_NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
@@ -52,7 +59,7 @@ def deep_merge(base: dict, override: dict | None) -> dict:
 
 def resolve_pairs_dir(config: dict, workdir: Path, repo: Path) -> Path | None:
     """``pairs_dir`` relative to the working directory, else to the repository (shipped pairs)."""
-    raw = Path(config.get("pairs_dir", "config/pairs"))
+    raw = Path(config.get("pairs_dir", wfschema.default("pairs_dir")))  # before validation fills it
     for candidate in ([raw] if raw.is_absolute() else [workdir / raw, repo / raw]):
         if candidate.is_dir():
             return candidate
@@ -206,7 +213,7 @@ def pair_spec(config: dict, pair: str) -> dict:
     except KeyError:
         known = ", ".join(sorted(config["pairs"])) or "none"
         raise ConfigError(f"pair '{pair}' is not defined (defined: {known}): add "
-                          f"{config.get('pairs_dir', 'config/pairs')}/{pair}.yaml (config key 'pairs_dir') or "
+                          f"{config['pairs_dir']}/{pair}.yaml (config key 'pairs_dir') or "
                           f"config key 'pairs.{pair}'") from None
 
 
@@ -216,10 +223,10 @@ def method_spec(config: dict, section: str, name: str) -> dict:
         spec = config[section][name]
     except KeyError:
         raise ConfigError(f"{section} '{name}' is unknown (config key '{section}': {', '.join(config[section])})") from None
-    if spec.get("status", "implemented") != "implemented":
+    if spec["status"] != "implemented":
         raise ConfigError(f"{section} '{name}' is planned but not implemented yet (config key "
-                          f"'{section}.{name}.status' = {spec.get('status')!r}); choose one of: "
-                          + ", ".join(n for n, s in config[section].items() if s.get("status", "implemented") == "implemented"))
+                          f"'{section}.{name}.status' = {spec['status']!r}); choose one of: "
+                          + ", ".join(n for n, s in config[section].items() if s["status"] == "implemented"))
     return spec
 
 
@@ -228,20 +235,20 @@ def check_combination(config: dict, pair: str, uda: str, translator: str) -> Non
     pair_spec(config, pair)
     u = method_spec(config, "uda", uda)
     t = method_spec(config, "translators", translator)
-    if not u.get("uses_source", True) and t["method"] != "none":
+    if not u["uses_source"] and t["method"] != "none":
         raise ConfigError(f"uda '{uda}' trains on target labels only (config key 'uda.{uda}.uses_source' is false), "
                           f"so a translator is pointless: request results/{pair}_{uda}_none.csv")
-    wanted = u.get("translator_direction", SOURCE_TO_TARGET)
+    wanted = u["translator_direction"]
     if t["method"] != "none" and translator_direction(t) != wanted:
         fitting = [n for n, s in config["translators"].items() if s["method"] == "none"
-                   or (translator_direction(s) == wanted and s.get("status", "implemented") == "implemented")]
+                   or (translator_direction(s) == wanted and s["status"] == "implemented")]
         raise ConfigError(f"uda '{uda}' consumes {wanted} translations (config key 'uda.{uda}.translator_direction') "
                           f"but translator '{translator}' is {translator_direction(t)} (config key "
                           f"'translators.{translator}.direction'); choose one of: {', '.join(fitting)}")
-    guide = t.get("guide")
+    guide = t["guide"]
     if guide:
         g_uda, g_translator = parse_combo(guide, config)
-        if method_spec(config, "translators", g_translator).get("guide"):
+        if method_spec(config, "translators", g_translator)["guide"]:
             raise ConfigError(f"config key 'translators.{translator}.guide' = {guide!r}: the guide's translator "
                               f"'{g_translator}' needs a guide itself; use an unguided one, e.g. source_only_none")
         check_combination(config, pair, g_uda, g_translator)
@@ -249,7 +256,7 @@ def check_combination(config: dict, pair: str, uda: str, translator: str) -> Non
 
 def translator_direction(spec: dict) -> str:
     """``source_to_target`` (refines the source set) or ``target_to_source`` (refines the target set)."""
-    return spec.get("direction", SOURCE_TO_TARGET)
+    return spec["direction"]
 
 
 def dataset_table(config: dict) -> dict[str, dict]:
@@ -268,7 +275,7 @@ def dataset_table(config: dict) -> dict[str, dict]:
                 raw = f"{minicity['root']}/{MINICITY_SUBDIR[fmt]}"
             generated = bool(minicity) and Path(raw).parent == Path(minicity["root"])
             entry = {"format": fmt, "raw": str(raw), "minicity": minicity["root"] if generated else None,
-                     "presets": {spec.get("preset", "tiny")}, "pairs": [pair], "keys": [f"pairs.{pair}.{role}.raw"]}
+                     "presets": {spec["preset"]}, "pairs": [pair], "keys": [f"pairs.{pair}.{role}.raw"]}
             old = table.get(ds["name"])
             if old is None:
                 table[ds["name"]] = entry
@@ -293,7 +300,7 @@ def minicity_table(config: dict) -> dict[str, dict]:
         root = str(mc["root"])
         if not root.startswith("data/raw/") or "/" in root[len("data/raw/"):]:
             raise ConfigError(f"config key 'pairs.{pair}.minicity.root' = {root!r}: must be data/raw/<name>")
-        args = mc.get("args", {})
+        args = mc["args"]
         if root in roots and roots[root]["args"] != args:
             raise ConfigError(f"minicity root {root} is generated with different arguments by pairs "
                               f"{roots[root]['pairs']} and '{pair}' (config key 'pairs.{pair}.minicity.args')")

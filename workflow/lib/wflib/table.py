@@ -35,7 +35,7 @@ def final_table(round_csvs: Sequence[str], stages: Sequence[str], rounds: dict, 
         raise ValueError(f"round CSVs have no '{metric}' column (rounds.metric); columns: {list(rows)}")
     scores = rows[metric].astype(float).tolist()
     decisions = [decide(k, scores, rounds["max"], rounds["min_delta"], rounds["multi_round"]) for k in range(len(rows))]
-    means = [c for c in MEAN_COLUMNS if c in rows and (rounds.get("class_set", 19) != 19 or c not in ("mIoU16", "mIoU13"))]
+    means = [c for c in MEAN_COLUMNS if c in rows and (rounds["class_set"] != 19 or c not in ("mIoU16", "mIoU13"))]
     class_columns = [c for c in rows.columns if c not in set(MEAN_COLUMNS) | {"round", "checkpoint"}]
     out = pd.DataFrame({"pair": pair, "uda": uda, "translator": translator, "round": rows["round"],
                         "stage": list(stages)[: len(rows)] if stages else ""})

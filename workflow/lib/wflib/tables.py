@@ -9,7 +9,8 @@
   per-class IoU and mIoU of the best round of ``results/<pair>_<uda>_<translator>.csv``.
 
 Which translators / methods each table lists is config data (``tables:`` in config/config.yaml,
-overridable per pair by ``tables.per_pair.<pair>`` and ``pairs.<pair>.tables``). Planned
+overridable per pair by ``tables.per_pair.<pair>`` and ``pairs.<pair>.tables``; defaults in the
+workflow schema, filled in by validation: wflib/schema.py). Planned
 (``status: planned``) or unknown-combination entries are skipped with a note that the report shows.
 
 Published numbers (config/published/*.csv) are kept in their own frame with a ``source`` and a
@@ -31,28 +32,6 @@ import pandas as pd
 from wflib.pipeline_config import deep_merge
 from wflib.table import write_csv_atomic
 
-#: default ``tables:`` settings (the JSON schema fills the same defaults)
-DEFAULTS: dict = {
-    "translation": {
-        "translators": ["none", "cut", "semst", "semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1",
-                        "semst_ts2", "cyclegan", "spade"],
-        "reference": "none",
-        "oracle": "oracle",
-        "split": "train",
-        "limit": None,
-        "watch": ["sky"],
-        "top_flows": 3,
-        "inception_weights": None,
-        "fid": {"real_split": "val", "kid_subsets": 100, "kid_subset_size": 1000, "limit": None},
-    },
-    "uda": {
-        "methods": ["source_only", "oracle", "bdl", "sepico", "proda"],
-        "translators": ["none", "cut", "semst"],
-        "extra": [],
-    },
-    "published": {"translation": [], "uda": [], "task": None, "same_dataset": False},
-}
-
 #: columns of a published-numbers CSV (config/published/*.csv)
 PUBLISHED_REQUIRED = ("source", "table", "task", "method")
 
@@ -65,17 +44,16 @@ class TablesConfigError(ValueError):
 
 
 def table_settings(config: dict, pair: str) -> dict:
-    """Effective ``tables`` settings of ``pair``: defaults < ``tables`` < ``tables.per_pair.<pair>`` <
-    ``pairs.<pair>.tables``."""
-    tables = dict(config.get("tables") or {})
-    per_pair = tables.pop("per_pair", None) or {}
-    out = deep_merge(DEFAULTS, tables)
-    out = deep_merge(out, per_pair.get(pair))
-    return deep_merge(out, ((config.get("pairs") or {}).get(pair) or {}).get("tables"))
+    """Effective ``tables`` settings of ``pair``: ``tables`` (the schema's defaults filled in) <
+    ``tables.per_pair.<pair>`` < ``pairs.<pair>.tables``."""
+    tables = dict(config["tables"])
+    per_pair = tables.pop("per_pair")
+    out = deep_merge(tables, per_pair.get(pair))
+    return deep_merge(out, (config["pairs"].get(pair) or {}).get("tables"))
 
 
 def _status(spec: dict) -> str:
-    return spec.get("status", "implemented")
+    return spec["status"]
 
 
 def translation_plan(config: dict, pair: str) -> tuple[list[str], list[str]]:
@@ -87,8 +65,8 @@ def translation_plan(config: dict, pair: str) -> tuple[list[str], list[str]]:
         raise TablesConfigError(f"config key 'tables.translation.reference' = {ref!r} must name a translator "
                                 f"with method 'none' (the raw source images); translators: {', '.join(known)}")
     oracle = s["oracle"]
-    u = (config.get("uda") or {}).get(oracle)
-    if u is None or _status(u) != "implemented" or u.get("uses_source", True):
+    u = config["uda"].get(oracle)
+    if u is None or _status(u) != "implemented" or u["uses_source"]:
         raise TablesConfigError(f"config key 'tables.translation.oracle' = {oracle!r} must name an implemented UDA "
                                 "method with uses_source: false (trained on target labels), e.g. 'oracle'")
     kept, notes = [ref], []
@@ -99,7 +77,7 @@ def translation_plan(config: dict, pair: str) -> tuple[list[str], list[str]]:
         if _status(known[name]) != "implemented":
             notes.append(f"translator '{name}' skipped: status {_status(known[name])!r} (config key "
                          f"'translators.{name}.status')")
-        elif known[name].get("direction", "source_to_target") != "source_to_target":
+        elif known[name]["direction"] != "source_to_target":
             notes.append(f"translator '{name}' skipped: it translates target -> source (config key "
                          f"'translators.{name}.direction'), so there is no refined source set to score")
         elif name not in kept:
@@ -129,21 +107,21 @@ def uda_plan(config: dict, pair: str) -> tuple[list[tuple[str, str]], list[str]]
         if _status(spec) != "implemented":
             notes.append(f"UDA method '{uda}' skipped: status {_status(spec)!r} (config key 'uda.{uda}.status')")
             continue
-        if not spec.get("uses_source", True):   # oracle: target labels, no source images at all
+        if not spec["uses_source"]:   # oracle: target labels, no source images at all
             none = [t for t in translators if config["translators"][t]["method"] == "none"]
             combos += [(uda, t) for t in none[:1]]
             if len(translators) > len(none[:1]):
                 notes.append(f"UDA method '{uda}' trains on target labels only: listed once, with translator none")
             continue
-        wanted = spec.get("translator_direction", "source_to_target")
+        wanted = spec["translator_direction"]
         for t in translators:
             t_spec = config["translators"][t]
-            if t_spec["method"] != "none" and t_spec.get("direction", "source_to_target") != wanted:
+            if t_spec["method"] != "none" and t_spec["direction"] != wanted:
                 notes.append(f"'{uda}_{t}' skipped: uda '{uda}' consumes {wanted} translators "
                              f"(config key 'uda.{uda}.translator_direction')")
             else:
                 combos.append((uda, t))
-    for combo in s.get("extra", []):  # single rows outside the methods x translators grid
+    for combo in s["extra"]:  # single rows outside the methods x translators grid
         splits = [(u, combo[len(u) + 1:]) for u in config["uda"]
                   if combo.startswith(u + "_") and combo[len(u) + 1:] in config["translators"]]
         if len(splits) != 1:

@@ -49,15 +49,14 @@ def _merged(*sources: tuple[str, dict | None]) -> list[Override]:
 
 def translator_overrides(config: dict, pair: str, translator: str) -> list[Override]:
     """``--set`` overrides of ``translator``'s jobs for ``pair`` (rounds 0 and up alike)."""
-    return _merged((f"pairs.{pair}.translator.set", (config["pairs"][pair].get("translator") or {}).get("set")),
-                   (f"translators.{translator}.set", config["translators"][translator].get("set")))
+    return _merged((f"pairs.{pair}.translator.set", config["pairs"][pair]["translator"]["set"]),
+                   (f"translators.{translator}.set", config["translators"][translator]["set"]))
 
 
 def segmenter_overrides(config: dict, pair: str, uda: str) -> list[Override]:
     """``--cfg-options`` of ``uda``'s segmenter jobs for ``pair`` (rounds 0 and up alike)."""
-    segmenter = config["pairs"][pair].get("segmenter") or {}
-    return _merged((f"pairs.{pair}.segmenter.cfg_options", segmenter.get("cfg_options")),
-                   (f"uda.{uda}.cfg_options", config["uda"][uda].get("cfg_options")))
+    return _merged((f"pairs.{pair}.segmenter.cfg_options", config["pairs"][pair]["segmenter"]["cfg_options"]),
+                   (f"uda.{uda}.cfg_options", config["uda"][uda]["cfg_options"]))
 
 
 def set_items(overrides: Iterable[Override]) -> list[str]:
@@ -164,7 +163,7 @@ def check_segmenter(config: dict, pair: str, uda: str, repo: Path, cache: dict |
 
 
 def _implemented(specs: dict) -> list[str]:
-    return [name for name, spec in specs.items() if spec.get("status", "implemented") == "implemented"]
+    return [name for name, spec in specs.items() if spec["status"] == "implemented"]
 
 
 def check_overrides(config: dict, repo: Path, pairs: Iterable[str] | None = None) -> None:

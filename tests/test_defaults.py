@@ -1,0 +1,264 @@
+"""One source for every default (issue #15 point 2); each test fails when a default is repeated again.
+
+* Workflow: the JSON schema (workflow/schemas/config.schema.yaml) is the only source of the
+  workflow's defaults. Validation fills them in, so the rules and wflib index the config; a
+  ``.get("<key>", <default>)`` for a key the schema has a default for repeats it.
+* Translators: the defaults are translators/config.py's dataclass defaults (+ METHOD_DEFAULTS of a
+  method); a translators/configs/*.yaml key must change what the file loads to, else it repeats them.
+* Values shared across components have one definition that the others read: ``--feedback-weight``
+  (translators.config.FEEDBACK_WEIGHT), ProDA's pseudo-label threshold (ProDAConfig.threshold).
+* Name lists that cannot import each other agree: translator methods (translators.config.METHODS,
+  the method registry, the schema enum), segmenter architectures and presets (the CLI's choices,
+  segmenters/configs, the schema enums).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts its mutated wflib first
+
+from translators import config as tconfig  # noqa: E402
+from wflib import pipeline_config as wfc  # noqa: E402
+from wflib import schema as wfschema  # noqa: E402
+from wflib import stage_defaults  # noqa: E402
+
+SCHEMA = wfschema.load_schema()
+CONFIGS = REPO / "translators" / "configs"
+#: the workflow code that reads the config: the rules and wflib (and the scripts the rules run)
+WORKFLOW_CODE = sorted([REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk"),
+                        *(REPO / "workflow" / "lib" / "wflib").glob("*.py"), *(REPO / "workflow" / "scripts").glob("*.py")])
+
+
+# ---------------------------------------------------------------- workflow: the schema alone
+def _schema_nodes(node, path=()):
+    """Every (path, dict) of the schema."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _schema_nodes(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schema_nodes(value, (*path, i))
+
+
+def schema_defaults() -> dict[str, list[str]]:
+    """Property name -> schema paths where it has a default."""
+    out: dict[str, list[str]] = {}
+    for path, node in _schema_nodes(SCHEMA):
+        properties = node.get("properties")
+        if not isinstance(properties, dict):
+            continue
+        for name, prop in properties.items():
+            if isinstance(prop, dict) and "default" in prop:
+                out.setdefault(name, []).append("/".join(map(str, (*path, "properties", name))))
+    return out
+
+
+#: ``.get("key", <second argument>)``; the second argument up to the closing parenthesis
+GET_WITH_DEFAULT = re.compile(r"""\.get\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*,\s*([^()]*(?:\([^()]*\)[^()]*)*)\)""")
+#: ``.get("key") or <fallback>`` and a bare ``.get("key")``
+GET_OR = re.compile(r"""\.get\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*\)\s*or\b""")
+GET_BARE = re.compile(r"""\.get\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*\)""")
+#: (file, key) of the bare ``.get("key")`` calls whose absence means something, though a schema key of
+#: that name has a default elsewhere
+BARE_GET_ALLOWED = {
+    ("pipeline_config.py", "pairs_dir"): "before validation: was a pairs_dir given at all?",
+    ("pipeline_config.py", "minicity"): "pairs.<pair>.minicity is optional (the default is resources.<preset>.minicity's)",
+    ("tables.py", "tables"): "pairs.<pair>.tables is optional (the default is the top-level tables')",
+}
+
+
+def test_workflow_code_repeats_no_schema_default():
+    """No ``.get("<key>", <default>)`` in the rules, wflib or the scripts for a key the schema gives a
+    default: validation has filled it in (index it), and a second default could disagree. The one
+    exception reads the schema's own default before validation (``pairs_dir``, to load the pairs)."""
+    keys = schema_defaults()
+    assert {"feedback", "feedback_weight", "multi_round", "status", "gpus", "translators", "pairs_dir"} <= set(keys)
+    found = []
+    for path in WORKFLOW_CODE:
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            for m in GET_WITH_DEFAULT.finditer(line):
+                key, fallback = m.group(1), m.group(2).strip()
+                if key in keys and "default(" not in fallback:  # wflib.schema.default(...): the schema itself
+                    found.append(f"{path.relative_to(REPO)}:{lineno}: .get({key!r}, {fallback}) repeats the "
+                                 f"schema default at {keys[key][0]}")
+            for m in GET_OR.finditer(line):
+                if m.group(1) in keys:
+                    found.append(f"{path.relative_to(REPO)}:{lineno}: .get({m.group(1)!r}) or ... repeats the "
+                                 f"schema default at {keys[m.group(1)][0]}")
+            for m in GET_BARE.finditer(line):
+                if m.group(1) in keys and (path.name, m.group(1)) not in BARE_GET_ALLOWED:
+                    found.append(f"{path.relative_to(REPO)}:{lineno}: .get({m.group(1)!r}) of a key filled in by "
+                                 f"validation ({keys[m.group(1)][0]}): index it")
+    assert not found, "\n".join(found)
+
+
+def test_schema_defaults_sit_where_validation_fills_them():
+    """snakemake.utils.validate fills a property's ``default`` but does not follow ``$ref`` for it: a
+    default inside a referenced ``$defs`` entry would never be filled (and the code would need its own)."""
+    defs = SCHEMA["$defs"]
+    missed = []
+    for path, node in _schema_nodes(SCHEMA):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            target = defs[ref.split("/")[-1]]
+            if "default" in target and "default" not in node:
+                missed.append(f"{'/'.join(map(str, path))} -> {ref} (default {target['default']!r})")
+    assert not missed, missed
+
+
+EXPERIMENTS = sorted((REPO / "config" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", [None, *EXPERIMENTS], ids=lambda p: p.name if p else "config.yaml")
+def test_fill_defaults_fills_as_snakemake_does(overlay):
+    """wflib.schema.fill_defaults (unit tests, scripts) == snakemake.utils.validate (common.smk)."""
+    from snakemake.utils import update_config, validate
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if overlay:
+        update_config(config, yaml.safe_load(overlay.read_text()))
+    wfc.load_pairs(config, REPO, REPO)
+    theirs, ours = copy.deepcopy(config), copy.deepcopy(config)
+    validate(theirs, str(wfschema.SCHEMA_PATH))
+    assert wfschema.fill_defaults(ours) == theirs
+    # every method, resource group and tables setting is filled: the code indexes them
+    assert all("status" in spec for section in ("uda", "translators") for spec in ours[section].values())
+    assert all(set(ours["resources"][p]) == set(SCHEMA["$defs"]["resource_groups"]["properties"]) for p in ("tiny", "paper"))
+    assert set(ours["tables"]) == {"per_pair", "translation", "uda", "published"}
+
+
+def test_fill_defaults_of_a_part_and_the_defaults_it_reads():
+    assert wfschema.fill_defaults({"gpus": 2}, "#/$defs/resource") == {"gpus": 2, "threads": 1, "mem_mb": 2000,
+                                                                       "runtime": 60, "nodes": 1}
+    spec = wfschema.fill_defaults({"method": "semst"}, "#/$defs/translator")
+    assert spec["feedback"] is False and spec["feedback_weight"] is None and spec["status"] == "implemented"
+    assert wfschema.default("pairs_dir") == "config/pairs"
+    with pytest.raises(KeyError):
+        wfschema.default("pairs")  # no default: absence is meaningful
+    import jsonschema
+
+    with pytest.raises(jsonschema.ValidationError):
+        wfschema.fill_defaults({"gpus": 0}, "#/$defs/resource")
+
+
+# ---------------------------------------------------------------- translators: dataclass + METHOD_DEFAULTS
+def _leaves(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _without(data: dict, key: str) -> dict:
+    out = copy.deepcopy(data)
+    node = out
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_translator_yaml_lists_only_what_differs(path):
+    """Every key of a translator YAML changes what it loads to: a key equal to the dataclass default
+    (with the method's METHOD_DEFAULTS) or, for a ``_base_`` file, to the base's value repeats it."""
+    own = yaml.safe_load(path.read_text())
+    base_name = own.pop("_base_", None)
+    base = tconfig._read_yaml(path.parent / base_name) if base_name else {}
+    full = tconfig.TranslatorConfig.from_dict(tconfig._deep_update(base, own), source=str(path)).to_dict()
+    repeated = []
+    for key in _leaves(own):
+        if key == "method":
+            continue
+        data = tconfig._deep_update(base, _without(own, key))
+        data.setdefault("method", full["method"])
+        if tconfig.TranslatorConfig.from_dict(data).to_dict() == full:
+            repeated.append(key)
+    assert not repeated, (f"{path.name} repeats defaults (translators/config.py or its _base_): {repeated}; "
+                          "delete them from the YAML")
+
+
+def test_method_defaults_differ_from_the_dataclass_defaults():
+    plain = tconfig.TranslatorConfig()
+    for method, values in tconfig.METHOD_DEFAULTS.items():
+        assert method in tconfig.METHODS
+        for key, value in values.items():
+            assert plain.get(key) != value, f"METHOD_DEFAULTS[{method!r}][{key!r}] repeats the dataclass default"
+
+
+def test_feedback_weight_has_one_source():
+    """translators train --feedback-weight defaults to translators.config.FEEDBACK_WEIGHT; the workflow's
+    key defaults to null (= that value, written into the command) and common.smk holds no number."""
+    from translators.__main__ import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["train"]._actions if a.dest == "feedback_weight")
+    assert action.default == tconfig.FEEDBACK_WEIGHT
+    assert SCHEMA["$defs"]["translator"]["properties"]["feedback_weight"]["default"] is None
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert "FEEDBACK_WEIGHT if weight is None else weight" in common
+    assert not re.search(r"feedback.weight\D{0,40}0\.1\b", common)
+
+
+def test_proda_threshold_has_one_source():
+    """ProDAConfig.threshold; the workflow reads it from the source (no torch at plan time)."""
+    from segmenters.uda.proda_parts import ProDAConfig, hard_pseudo_labels
+
+    assert stage_defaults.proda_threshold(REPO) == ProDAConfig.threshold
+    assert inspect.signature(hard_pseudo_labels).parameters["threshold"].default == ProDAConfig.threshold
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert "PRODA_THRESHOLD = wfstage.proda_threshold(REPO)" in common
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+        assert str(ProDAConfig.threshold) not in path.read_text(), f"{path.name} repeats ProDA's threshold"
+
+
+def test_literal_default_reads_only_literals(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("class C:\n    a: float = 0.5\n    b: int = len('x')\n")
+    assert stage_defaults.literal_default(src, "C", "a") == 0.5
+    with pytest.raises(ValueError, match="literal"):
+        stage_defaults.literal_default(src, "C", "b")
+    with pytest.raises(LookupError):
+        stage_defaults.literal_default(src, "C", "c")
+
+
+# ---------------------------------------------------------------- names that must agree
+def test_translator_method_names_agree():
+    from translators.methods import LAZY_METHODS, METHODS
+
+    schema_enum = SCHEMA["$defs"]["translator"]["properties"]["method"]["enum"]
+    assert set(tconfig.METHODS) == set(METHODS) | set(LAZY_METHODS) == set(schema_enum) - {"none"}
+    presets = SCHEMA["$defs"]["pair"]["properties"]["preset"]["enum"]
+    for method in tconfig.METHODS:  # every method has a config at every preset the workflow may ask for
+        for preset in presets:
+            assert (CONFIGS / f"{method}_{preset}.yaml").is_file(), f"{method}_{preset}.yaml"
+            assert tconfig.load_config(CONFIGS / f"{method}_{preset}.yaml").method == method
+
+
+def test_segmenter_arch_and_preset_choices_agree():
+    from wflib.validate import segmenter_configs
+
+    configs = segmenter_configs(REPO)  # segmenters/configs (no torch)
+    schema_arch = SCHEMA["$defs"]["pair"]["properties"]["segmenter"]["properties"]["arch"]["enum"]
+    schema_presets = SCHEMA["$defs"]["pair"]["properties"]["preset"]["enum"]
+    assert list(configs.ARCH_FILES) == schema_arch and set(configs.PRESETS) == set(schema_presets)
+    for arch in configs.ARCH_FILES:
+        for preset in configs.PRESETS:
+            assert configs.config_path(arch, preset).is_file()
+    from segmenters.train import build_parser
+
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert list(actions["arch"].choices) == schema_arch
+    assert list(actions["preset"].choices) == list(configs.PRESETS)
