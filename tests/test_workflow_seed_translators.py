@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,26 +19,15 @@ sys.path.append(str(REPO / "workflow" / "lib"))  # appended: a mutation run puts
 from wflib import pipeline_config as wfc  # noqa: E402
 from wflib.schema import fill_defaults  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from paper_plan import job_blocks, job_counts  # noqa: E402  (the dry-run parsers, shared)
+
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile or REPO / "config/config.yaml"), "--workflow-profile", "none",
            "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def job_blocks(output: str) -> dict[str, list[str]]:
-    blocks: dict[str, list[str]] = {}
-    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?(?:rule|checkpoint) )", output):
-        m = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):", block, re.M)
-        if m:
-            blocks.setdefault(m.group(1), []).append(block)
-    return blocks
-
-
-def job_counts(output: str) -> Counter:
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)})
 
 
 @pytest.fixture(scope="module")
