@@ -262,3 +262,17 @@ def test_segmenter_arch_and_preset_choices_agree():
     actions = {a.dest: a for a in build_parser()._actions}
     assert list(actions["arch"].choices) == schema_arch
     assert list(actions["preset"].choices) == list(configs.PRESETS)
+
+
+def test_translators_config_prints_the_resolved_config(capsys):
+    """The YAMLs list only differences; `python -m translators config` shows everything a run uses."""
+    from translators.__main__ import main
+    from translators.config import load_config
+
+    path = str(REPO / "translators/configs/semst_paper.yaml")
+    assert main(["config", "--config", path, "--set", "train.iters=7"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown == load_config(path, ["train.iters=7"]).to_dict()
+    assert (shown["loss"]["lambda_TS"], shown["loss"]["contrastive"], shown["data"]["global_crop"],
+            shown["train"]["iters"]) == (2.0, "hdce", 512, 7)          # SemST's paper settings + the override
+    assert main(["config", "--config", path, "--set", "loss.lambda_TZ=1"]) == 2

@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, help="tile side (default refine.tile or the training crop)")
     r.add_argument("--device", default="auto")
     r.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("config", parents=[debug], help="print the resolved config (defaults, _base_ files and "
+                                                       "--set applied) as YAML",
+                       description="Print the config a `train` with the same --config and --set would use: the "
+                                   "defaults of translators/config.py, the file's _base_ chain and the overrides "
+                                   "(the YAML files list only what differs from the defaults).")
+    c.add_argument("--config", required=True, help="YAML config, e.g. translators/configs/semst_paper.yaml")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
     return p
 
 
@@ -86,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("translators")
     from translators.train import TrainingDiverged  # after logging setup (imports torch)
     try:
+        if args.command == "config":
+            import yaml
+
+            print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+            return 0
         if args.command == "train":
             from translators.train import train
             if args.unpaired_root is not None:
