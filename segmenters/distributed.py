@@ -6,7 +6,7 @@
   ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` in the environment);
   ``slurm``: one process per task started by ``srun`` (``SLURM_PROCID``, ``SLURM_NTASKS``,
   ``SLURM_LOCALID``, ``SLURM_NODELIST``). The master port of a SLURM job defaults to one derived
-  from ``SLURM_JOB_ID`` (:func:`slurm_master_port`), so two jobs on one node do not collide.
+  from ``SLURM_JOB_ID`` (:func:`domains.launcher.slurm_master_port`), so two jobs on one node do not collide.
 * With CUDA, mmengine's Runner initialises the process group (NCCL) itself. Without CUDA (CPU
   runs, the tests) mmengine's ``init_dist`` cannot be used (it calls ``torch.cuda.set_device``
   unconditionally), so :func:`init_process_group` starts a gloo group first; the Runner only calls
@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from domains import launcher as launch_env
 
 from . import compat
 from .collectives import all_gather_cat, all_reduce_sum_, barrier, is_main_process, world_size  # noqa: F401
@@ -58,60 +59,28 @@ from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-#: ``--launcher`` choices (mmengine's names)
-LAUNCHERS = ("none", "pytorch", "slurm")
+#: ``--launcher`` choices (mmengine's names; domains/launcher.py)
+LAUNCHERS = launch_env.LAUNCHERS
 #: bytes of gradients all-reduced in one flat tensor (DDP's default bucket size)
 BUCKET_BYTES = 25 * 1024 * 1024
+#: where a process sits in the job (global rank, rank on its node, number of processes)
+DistInfo = launch_env.Ranks
 
 
 class DistributedError(RuntimeError):
     """A launcher / environment / config combination that cannot train distributed."""
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the job: global rank, rank on its node, number of processes."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-
-
 # --------------------------------------------------------------------------------------------------
 # environment
 # --------------------------------------------------------------------------------------------------
-def _int_env(env: Mapping[str, str], key: str, launcher: str) -> int:
-    value = env.get(key)
-    if value is None:
-        how = "torchrun --nproc_per_node N" if launcher == "pytorch" else "srun inside a SLURM allocation"
-        raise DistributedError(f"--launcher {launcher}: environment variable {key} is not set; "
-                               f"start the processes with {how} (docs/multigpu.md)")
-    try:
-        return int(value)
-    except ValueError:
-        raise DistributedError(f"--launcher {launcher}: environment variable {key}={value!r} is not an integer") from None
-
-
 def dist_info(launcher: str, env: Mapping[str, str] | None = None) -> DistInfo:
-    """Rank, local rank and world size that ``launcher`` gives this process (from ``env``)."""
-    env = os.environ if env is None else env
-    if launcher == "none":
-        return DistInfo(0, 0, 1)
-    if launcher == "pytorch":
-        return DistInfo(_int_env(env, "RANK", launcher), _int_env(env, "LOCAL_RANK", launcher),
-                        _int_env(env, "WORLD_SIZE", launcher))
-    if launcher == "slurm":
-        return DistInfo(_int_env(env, "SLURM_PROCID", launcher), _int_env(env, "SLURM_LOCALID", launcher),
-                        _int_env(env, "SLURM_NTASKS", launcher))
-    raise DistributedError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-
-
-def slurm_master_port(job_id: str | int | None) -> int:
-    """Rendezvous port of a SLURM job: ``20000 + job_id % 20000`` (29500 without a job id), so
-    concurrent jobs sharing a node get different ports."""
-    if job_id is None or not str(job_id).isdigit():
-        return 29500
-    return 20000 + int(job_id) % 20000
+    """Rank, local rank and world size that ``launcher`` gives this process (from ``env``;
+    :func:`domains.launcher.ranks`, SLURM_LOCALID required)."""
+    try:
+        return launch_env.ranks(launcher, os.environ if env is None else env)
+    except launch_env.LauncherEnvError as err:
+        raise DistributedError(str(err)) from None
 
 
 def slurm_env_updates(env: Mapping[str, str], master_addr: str) -> dict[str, str]:
@@ -122,24 +91,14 @@ def slurm_env_updates(env: Mapping[str, str], master_addr: str) -> dict[str, str
     if "MASTER_ADDR" not in env:
         out["MASTER_ADDR"] = master_addr
     if "MASTER_PORT" not in env:
-        out["MASTER_PORT"] = str(slurm_master_port(env.get("SLURM_JOB_ID")))
+        out["MASTER_PORT"] = str(launch_env.slurm_master_port(env.get("SLURM_JOB_ID")))
     return out
-
-
-def _slurm_master_addr(nodelist: str) -> str:
-    """First host of a SLURM node list (``scontrol show hostnames``)."""
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False)
-    hosts = out.stdout.split()
-    if out.returncode != 0 or not hosts:
-        raise DistributedError(f"--launcher slurm: `scontrol show hostnames {nodelist}` failed: "
-                               f"{(out.stderr or out.stdout).strip()}")
-    return hosts[0]
 
 
 def prepare_environment(launcher: str, cuda: bool) -> DistInfo:
     """Check the launcher's environment and set what torch.distributed needs; returns this
     process's :class:`DistInfo`. Under SLURM the ``env://`` variables are set here (mmengine's
-    slurm initialiser needs CUDA); the master port follows :func:`slurm_master_port`."""
+    slurm initialiser needs CUDA); the master port follows :func:`domains.launcher.slurm_master_port`."""
     info = dist_info(launcher)
     if launcher == "pytorch":
         missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
@@ -147,10 +106,11 @@ def prepare_environment(launcher: str, cuda: bool) -> DistInfo:
             raise DistributedError(f"--launcher pytorch: environment variable {missing[0]} is not set; "
                                    "start the processes with torchrun (docs/multigpu.md)")
     elif launcher == "slurm":
-        addr = os.environ.get("MASTER_ADDR") or _slurm_master_addr(os.environ.get("SLURM_NODELIST", ""))
+        try:
+            addr = os.environ.get("MASTER_ADDR") or launch_env.slurm_master_addr(os.environ.get("SLURM_NODELIST", ""))
+        except launch_env.LauncherEnvError as err:
+            raise DistributedError(str(err)) from None
         os.environ.update(slurm_env_updates(os.environ, addr))
-    if info.world_size < 1 or not 0 <= info.rank < info.world_size:
-        raise DistributedError(f"--launcher {launcher}: rank {info.rank} does not fit world size {info.world_size}")
     if cuda and torch.cuda.device_count() and info.local_rank >= torch.cuda.device_count():
         raise DistributedError(f"--launcher {launcher}: local rank {info.local_rank} but only "
                                f"{torch.cuda.device_count()} visible CUDA device(s); start one process per GPU")

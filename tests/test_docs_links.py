@@ -4,9 +4,9 @@
   point into docs/); a ``§N`` / ``§N.M`` after the citation names a numbered heading of that file,
   and a ``#anchor`` one of its headings (GitHub's slugs).
 * No tracked file outside docs/ cites documents that are not in the repository: the original design
-  notes (``DESIGN.md``, ``SEGMENTERS.md``) or the research notes (``reference/<x>.md``, their bare
-  names ``translators.md`` / ``uda_mmseg.md`` / ``eval.md`` / ``snakemake.md``, the short forms
-  "reference N.M" and "pitfall N.M"). Their content is in docs/design.md and docs/reference.md.
+  and segmenter notes or the research notes that lived beside it (by path, by bare name, or by the
+  short forms "reference N.M" and "pitfall N.M"; the names are the patterns of ``OUTSIDE`` below).
+  Their content is in docs/design.md and docs/reference.md.
 
 Files come from ``git ls-files``; binary files and the generated docs/mutation_report.md are skipped.
 """
@@ -38,8 +38,8 @@ HEADING_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)\.?(?:\s|$)")
 
 #: citations of documents that are not in the repository (checked outside docs/)
 OUTSIDE = (
-    (re.compile(r"\bDESIGN\.md\b"), "DESIGN.md (now docs/design.md)"),
-    (re.compile(r"\bSEGMENTERS\.md\b"), "SEGMENTERS.md (now docs/design.md §8)"),
+    (re.compile(r"\bDESIGN\.md\b"), "the original design notes outside the repository (now docs/design.md)"),
+    (re.compile(r"\bSEGMENTERS\.md\b"), "the original segmenter notes outside the repository (now docs/design.md §8)"),
     (re.compile(r"\breference/[\w-]+\.md\b"), "reference notes outside the repository (now docs/reference.md)"),
     (re.compile(r"(?<![\w/.-])(?:translators|uda_mmseg|eval|snakemake)\.md\b"),
      "reference notes outside the repository (now docs/reference.md)"),

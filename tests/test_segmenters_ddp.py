@@ -240,7 +240,9 @@ def test_launcher_settings():
     assert d.slurm_env_updates(env, "node07") == {"RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "4",
                                                   "MASTER_ADDR": "node07", "MASTER_PORT": str(20000 + 123456 % 20000)}
     assert "MASTER_PORT" not in d.slurm_env_updates({**env, "MASTER_PORT": "1234"}, "n")
-    assert d.slurm_master_port(None) == 29500 and d.slurm_master_port("7") == 20007
+    from domains.launcher import slurm_master_port
+
+    assert slurm_master_port(None) == 29500 and slurm_master_port("7") == 20007
 
     assert d.has_own_train_step(BDLSegmentor) and not d.has_own_train_step(EncoderDecoder)
     assert d.model_wrapper_cfg(True, cuda=False) == {"type": "UDADistributedWrapper"}

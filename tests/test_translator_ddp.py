@@ -52,7 +52,8 @@ from translators.__main__ import main
 from translators.checkpoint import load_checkpoint
 from translators.config import load_config
 from translators.data import UnpairedBatches, open_domain
-from translators.distributed import LauncherError, first_host, launcher_env, rank_device
+from domains.launcher import first_host
+from translators.distributed import LauncherError, launcher_env, rank_device
 from translators.methods import build_method
 
 CONFIGS = Path(__file__).resolve().parents[1] / "translators" / "configs"

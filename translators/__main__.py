@@ -11,6 +11,7 @@ import logging
 import sys
 
 from domains.errors import DEBUG_ENV, debug_enabled, short_message
+from domains.launcher import LAUNCHERS
 from translators.checkpoint import CheckpointError
 from translators.config import FEEDBACK_WEIGHT, ConfigError, load_config
 from translators.data import DataError
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--feedback-weight", type=float, default=FEEDBACK_WEIGHT,
                    help=f"weight of that loss (default {FEEDBACK_WEIGHT}, BDL's)")
     t.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
-    t.add_argument("--launcher", default="none", choices=("none", "pytorch", "slurm"),
+    t.add_argument("--launcher", default="none", choices=LAUNCHERS,
                    help="multi-process training: 'pytorch' under torchrun, 'slurm' under srun (one process per "
                         "GPU; train.batch_size is per process); see docs/multigpu.md")
 

@@ -38,8 +38,6 @@ import datetime
 import inspect
 import logging
 import os
-import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,12 +46,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from domains import launcher as launch_env
 from translators.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("none", "pytorch", "slurm")
-DEFAULT_MASTER_PORT = 29500
 #: network methods the training steps call; these go through DDP when they need gradient sync
 ROUTED_METHODS = ("forward", "forward_with_features")
 _ROUTE_KEY = "_ddp_route"
@@ -89,87 +86,39 @@ class DistContext:
 
 
 # ---------------------------------------------------------------------- launchers
-def first_host(nodelist: str) -> str:
-    """First host name of a SLURM node list: ``gpu[07-09,12],cpu1`` -> ``gpu07`` (what
-    ``scontrol show hostnames`` prints first), for machines without scontrol."""
-    head = re.match(r"([^,\[]*)(\[([^\]]*)\])?", nodelist.strip())
-    if head is None or not head.group(1) and not head.group(3):
-        raise LauncherError(f"--launcher slurm: cannot read a host from SLURM_NODELIST={nodelist!r}")
-    prefix, ranges = head.group(1), head.group(3)
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
-
-
-def slurm_master_addr(nodelist: str) -> str:
-    """First host of ``nodelist`` via ``scontrol show hostnames``, else :func:`first_host`."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        out = []
-    return out[0] if out else first_host(nodelist)
-
-
-def slurm_master_port(job_id: str | int | None) -> int:
-    """Rendezvous port of a SLURM job: ``20000 + job_id % 20000``, 29500 (mmengine's default)
-    without a job id -- the segmenters' rule (segmenters/distributed.py), so concurrent jobs on a
-    node, of either stage, do not collide."""
-    if job_id is None or not str(job_id).isdigit():
-        return DEFAULT_MASTER_PORT
-    return 20000 + int(job_id) % 20000
-
-
-def _env_int(env: dict, name: str, launcher: str) -> int:
-    if name not in env:
-        raise LauncherError(f"--launcher {launcher}: environment variable {name} is not set (start the "
-                            f"command with {'torchrun' if launcher == 'pytorch' else 'srun'}, or use --launcher none)")
-    try:
-        return int(env[name])
-    except ValueError:
-        raise LauncherError(f"--launcher {launcher}: {name}={env[name]!r} is not an integer") from None
-
-
-def _checked(info: dict, launcher: str) -> dict:
-    if not 0 <= info["rank"] < info["world_size"] or info["local_rank"] < 0:
-        raise LauncherError(f"--launcher {launcher}: rank {info['rank']} (local {info['local_rank']}) does not fit "
-                            f"a world of {info['world_size']} process(es)")
-    return info
-
-
 def launcher_env(launcher: str, env: dict | None = None) -> dict:
     """(rank, world_size, local_rank, master_addr, master_port) that ``launcher`` hands this process.
 
-    ``pytorch``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (all set by torchrun).
-    ``slurm``: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (else SLURM_PROCID mod the GPU count);
+    Ranks as :func:`domains.launcher.ranks` reads them (under SLURM without SLURM_LOCALID: SLURM_PROCID
+    mod the GPU count). ``pytorch``: MASTER_ADDR, MASTER_PORT as torchrun sets them. ``slurm``:
     MASTER_ADDR (if unset) the first host of SLURM_NODELIST; MASTER_PORT (if unset)
-    :func:`slurm_master_port` of SLURM_JOB_ID."""
+    :func:`domains.launcher.slurm_master_port` of SLURM_JOB_ID."""
     env = dict(os.environ if env is None else env)
-    if launcher == "pytorch":
-        out = {k: _env_int(env, v, launcher) for k, v in
-               (("rank", "RANK"), ("world_size", "WORLD_SIZE"), ("local_rank", "LOCAL_RANK"))}
-        for name in ("MASTER_ADDR", "MASTER_PORT"):
-            if name not in env:
-                raise LauncherError(f"--launcher pytorch: environment variable {name} is not set (start the "
-                                    f"command with torchrun, or use --launcher none)")
-        out.update(master_addr=env["MASTER_ADDR"], master_port=_env_int(env, "MASTER_PORT", launcher))
-        return _checked(out, launcher)
-    if launcher == "slurm":
-        out = {k: _env_int(env, v, launcher) for k, v in (("rank", "SLURM_PROCID"), ("world_size", "SLURM_NTASKS"))}
-        out["local_rank"] = (_env_int(env, "SLURM_LOCALID", launcher) if "SLURM_LOCALID" in env
-                             else out["rank"] % max(1, torch.cuda.device_count()))  # mmengine's fallback
-        if "MASTER_ADDR" in env:
-            addr = env["MASTER_ADDR"]
-        elif "SLURM_NODELIST" in env:
-            addr = slurm_master_addr(env["SLURM_NODELIST"])
+    if launcher not in ("pytorch", "slurm"):
+        raise LauncherError(f"--launcher must be one of {', '.join(launch_env.LAUNCHERS)}, got {launcher!r}")
+    try:
+        found = launch_env.ranks(launcher, env, gpu_count=torch.cuda.device_count())
+        if launcher == "pytorch":
+            missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
+            if missing:
+                raise launch_env.LauncherEnvError(
+                    f"--launcher pytorch: environment variable {missing[0]} is not set (start the command with "
+                    "torchrun, or use --launcher none; docs/multigpu.md)")
+            addr, port = env["MASTER_ADDR"], launch_env.env_int(env, "MASTER_PORT", launcher)
         else:
-            raise LauncherError("--launcher slurm: neither MASTER_ADDR nor SLURM_NODELIST is set (start the "
-                                "command with srun inside an allocation)")
-        port = (_env_int(env, "MASTER_PORT", launcher) if "MASTER_PORT" in env
-                else slurm_master_port(env.get("SLURM_JOB_ID")))
-        out.update(master_addr=addr, master_port=port)
-        return _checked(out, launcher)
-    raise LauncherError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+            if "MASTER_ADDR" in env:
+                addr = env["MASTER_ADDR"]
+            elif "SLURM_NODELIST" in env:
+                addr = launch_env.slurm_master_addr(env["SLURM_NODELIST"])
+            else:
+                raise launch_env.LauncherEnvError("--launcher slurm: neither MASTER_ADDR nor SLURM_NODELIST is "
+                                                  "set (start the command with srun inside an allocation)")
+            port = (launch_env.env_int(env, "MASTER_PORT", launcher) if "MASTER_PORT" in env
+                    else launch_env.slurm_master_port(env.get("SLURM_JOB_ID")))
+    except launch_env.LauncherEnvError as err:
+        raise LauncherError(str(err)) from None
+    return dict(rank=found.rank, world_size=found.world_size, local_rank=found.local_rank, master_addr=addr,
+                master_port=port)
 
 
 def rank_device(setting: str, local_rank: int) -> torch.device:
