@@ -90,7 +90,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import paper_plan  # noqa: E402
-from domains.io import atomic_write_text  # noqa: E402
+from domains.io import atomic_path, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("paper_readiness")
 GIB = 2 ** 30
@@ -162,9 +162,8 @@ def build_weight_files(folder: Path, names: Iterable[str] = ("resnet101_v1c", "v
         path = folder / REGISTRY[name].filename
         if not path.is_file():
             torch.manual_seed(0)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(builders[name](), tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(builders[name](), tmp)
     return folder
 
 

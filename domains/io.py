@@ -8,10 +8,10 @@ kill never leaves something half-written that looks finished.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import NamedTuple
 from pathlib import Path
@@ -142,19 +142,54 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     Image.fromarray(label, mode="L").save(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+#: numbers the temporary names of one process, so two threads never write to the same one
+_tmp_numbers = itertools.count()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; it is renamed over ``path`` when the block ends.
+
+    Why: a reader (or Snakemake, which trusts that an output file is complete) must never see a
+    half-written file under the final name, whatever kills the writer. The block must create the
+    file at the yielded path; nothing else may write under that name.
+
+    The temporary name is hidden and unique within the process: ``.<name>.tmp-<pid>-<n><suffix>``
+    in the same folder (so the rename is atomic). ``suffix`` defaults to ``path``'s own suffix, for
+    writers that pick a format from it or append one unless it is there (``np.save`` adds
+    ``.npy``); pass e.g. ``".png"`` to fix the format, or ``""`` so that nothing is inferred (pandas
+    would compress a ``.gz`` name). Parent folders are created. With ``fsync`` the data is flushed
+    to disk before the rename, so a power cut leaves the old or the new file, never an empty one.
+    On any error, in the block or in the rename, the temporary file is deleted and ``path`` keeps
+    its old content (or stays absent).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    end = path.suffix if suffix is None else suffix
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(_tmp_numbers)}{end}")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``.
+
+    The file gets the usual permissions (umask), like every other output; before it was built on
+    :func:`atomic_path` it kept ``mkstemp``'s 0600, which hid e.g. a dataset's ``meta.json`` from
+    other users of a shared cluster folder.
+    """
+    with atomic_path(path, suffix=".tmp") as tmp:
+        tmp.write_text(text)
 
 
 def _pid_alive(pid: int) -> bool:

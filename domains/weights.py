@@ -161,20 +161,19 @@ def fetch(entry: WeightFile, folder: Path | None = None, force: bool = False, pr
     """
     from torch.hub import download_url_to_file
 
+    from domains.io import atomic_path
+
     folder = cache_dir() if folder is None else folder
     dst = cached_path(entry, folder)
     if dst.is_file() and not force:
         logger.info("%s: %s already present", entry.name, dst)
         return dst
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
     try:
-        download_url_to_file(entry.url, str(tmp), hash_prefix=entry.hash_prefix, progress=progress)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            download_url_to_file(entry.url, str(tmp), hash_prefix=entry.hash_prefix, progress=progress)
     except (OSError, RuntimeError, ValueError) as err:
         raise WeightsError(f"{entry.name}: download of {entry.url} to {dst} failed ({err})") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("%s: wrote %s (%d bytes)", entry.name, dst, dst.stat().st_size)
     return dst
 

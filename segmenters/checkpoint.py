@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from domains.io import atomic_path
+
 from . import compat
 
 compat.install_mmcv_ops_stand_in()
@@ -141,14 +143,8 @@ def save_final(model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str,
     seg_state = extract_segmentor_state(state, clean["model_cfg"], prefix=prefix)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"meta": clean, "state_dict": seg_state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     logger.info("wrote %s (%d tensors, iter %d)", path, len(seg_state), clean["iter"])
     return path
 

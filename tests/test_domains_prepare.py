@@ -189,3 +189,86 @@ def test_cli_subprocess_exit_code_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"{raw / 'leftImg8bit'}: folder not found" in proc.stderr and "_leftImg8bit.png" in proc.stderr
     assert not (tmp_path / "cs").exists()
+
+
+# ---------------------------------------------------------------- atomic_path (domains.io)
+def test_atomic_path_file_appears_only_complete(tmp_path):
+    from domains.io import atomic_path
+
+    path = tmp_path / "sub" / "result.csv"  # parents are created
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".result.csv.tmp-") and tmp != path
+        tmp.write_text("half")
+        assert not path.exists()  # nothing under the final name while writing
+        with open(tmp, "a") as fh:
+            fh.write(" and whole")
+    assert path.read_text() == "half and whole" and sorted(p.name for p in path.parent.iterdir()) == ["result.csv"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "half and whole"  # the old file stays whole until the rename
+    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["result.csv"]
+
+
+@pytest.mark.parametrize("where", ["block", "rename"])
+def test_atomic_path_error_keeps_old_content_and_removes_tmp(tmp_path, monkeypatch, where):
+    from domains import io as dio
+
+    path = tmp_path / "table.csv"
+    path.write_text("old")
+    if where == "rename":
+        monkeypatch.setattr(dio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed (simulated)")))
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        with dio.atomic_path(path) as tmp:
+            tmp.write_text("partial")
+            if where == "block":
+                raise KeyboardInterrupt  # BaseException too, e.g. Ctrl-C
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_atomic_path_suffix_for_format_picking_writers(tmp_path):
+    from domains.io import atomic_path
+
+    with atomic_path(tmp_path / "c.confusion.npy") as tmp:
+        assert tmp.name.endswith(".npy")
+        np.save(tmp, np.eye(2))  # np.save adds .npy unless the name ends with it
+    with atomic_path(tmp_path / "plot.png") as tmp:
+        assert tmp.suffix == ".png"
+        Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp)  # PIL picks the format from the suffix
+    with atomic_path(tmp_path / "forced", suffix=".npy") as tmp:
+        assert tmp.suffix == ".npy"
+        np.save(tmp, np.ones(3))
+    with atomic_path(tmp_path / "x.csv.gz", suffix="") as tmp:
+        assert tmp.name.startswith(".x.csv.gz.tmp-") and not tmp.name.endswith(".gz")
+        tmp.write_text("a\n")
+    assert np.array_equal(np.load(tmp_path / "c.confusion.npy"), np.eye(2))
+    assert np.array_equal(np.load(tmp_path / "forced"), np.ones(3))
+    assert Image.open(tmp_path / "plot.png").format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.confusion.npy", "forced", "plot.png", "x.csv.gz"]
+
+
+def test_atomic_path_fsync_only_when_asked(tmp_path, monkeypatch):
+    from domains import io as dio
+
+    synced = []
+    monkeypatch.setattr(dio.os, "fsync", lambda fd: synced.append(fd))
+    with dio.atomic_path(tmp_path / "a.pt") as tmp:
+        tmp.write_bytes(b"x")
+    assert synced == []
+    with dio.atomic_path(tmp_path / "b.pt", fsync=True) as tmp:
+        tmp.write_bytes(b"y")
+    assert len(synced) == 1 and (tmp_path / "b.pt").read_bytes() == b"y"
+
+
+def test_atomic_write_text_gets_umask_permissions(tmp_path):
+    """A text output is readable as any other file is (mkstemp's 0600 hid meta.json on shared folders)."""
+    import os
+    from domains.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "meta.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "meta.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "meta.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]

@@ -12,7 +12,6 @@ classes), so it loads with ``torch.load(weights_only=True)`` -- safe for user-su
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from domains.io import atomic_path
 from translators.config import ConfigError, TranslatorConfig, check_arch
 
 FORMAT = 1
@@ -32,17 +32,8 @@ class CheckpointError(RuntimeError):
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary name in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from domains.io import atomic_path
 from translators.checkpoint import check_compatible, config_from_checkpoint, load_checkpoint, sha256
 from translators.config import ConfigError
 from translators.data import open_domain, read_image, resize_short, to_tensor, to_uint8
@@ -51,16 +51,13 @@ def output_name(stem: str, img_suffix: str | None) -> str:
 
 
 def _write_png(img: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _read_progress(out: Path, digest: str) -> set[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from domains.io import atomic_path
 from translators.checkpoint import (atomic_save, check_compatible, load_checkpoint, rng_state, set_rng_state)
 from translators.config import TranslatorConfig
 from translators.data import UnpairedBatches, open_domain, to_uint8
@@ -106,12 +106,10 @@ class LossLog:
                 reader = csv.DictReader(fh)
                 self.fields = reader.fieldnames
                 rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "w", newline="") as fh:
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=self.fields)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(tmp, path)
 
     def append(self, row: dict) -> None:
         new = not self.path.is_file() or self.fields is None
@@ -125,10 +123,8 @@ class LossLog:
 
 
 def save_image_atomic(img: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def write_samples(method: TranslatorMethod, state: dict, batch: dict, out: Path, step: int, max_rows: int = 4) -> Path:
@@ -249,9 +245,8 @@ def train(cfg: TranslatorConfig, source: str | Path, target: str | Path, out: st
         wrap_networks(method, ctx)
         method.log_reducer = all_reduce_mean
     if main:
-        tmp_cfg = out / f".config.yaml.tmp-{os.getpid()}"
-        tmp_cfg.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        os.replace(tmp_cfg, out / "config.yaml")
+        with atomic_path(out / "config.yaml") as tmp_cfg:
+            tmp_cfg.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     data = UnpairedBatches(src, tgt, method.crop_spec(), t.batch_size, seed, flip=cfg.data.flip,
                            resize_short_side=cfg.data.resize_short, prefetch=cfg.data.prefetch,

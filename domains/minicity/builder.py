@@ -11,7 +11,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from domains.io import atomic_dir
 from domains.labels import CITYSCAPES_ID_TO_TRAINID, NUM_CLASSES, lookup_table
 from domains.minicity import render as R
 from domains.minicity import scene as S
@@ -146,19 +146,17 @@ def generate(opts: Options, workers: int | None = None, progress: bool = True) -
                             f"Remove it or choose another --out.")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     workers = max(1, int(workers))
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    W.make_dirs(tmp)
-    jobs = ([(opts, str(tmp), "source", i) for i in range(opts.n_source)]
-            + [(opts, str(tmp), "train", i) for i in range(opts.n_train)]
-            + [(opts, str(tmp), "val", i) for i in range(opts.n_val)])
-    totals = {k: np.zeros(NUM_CLASSES + 1, dtype=np.int64) for k in ("source", "train", "val")}
-    log.info("minicity: %d source scenes (GTA5 %dx%d, SYNTHIA %dx%d), Cityscapes %dx%d train %d / val %d, "
-             "seed %d, %d worker(s) -> %s", opts.n_source, *opts.gta5_size, *opts.synthia_size,
-             *opts.cityscapes_size, opts.n_train, opts.n_val, opts.seed, workers, out)
-    start = time.perf_counter()
-    try:
+    # the tree is built in <out>.tmp-<pid>, which replaces <out> only when complete and is deleted on any error
+    with atomic_dir(out, marker=MANIFEST) as tmp:
+        W.make_dirs(tmp)
+        jobs = ([(opts, str(tmp), "source", i) for i in range(opts.n_source)]
+                + [(opts, str(tmp), "train", i) for i in range(opts.n_train)]
+                + [(opts, str(tmp), "val", i) for i in range(opts.n_val)])
+        totals = {k: np.zeros(NUM_CLASSES + 1, dtype=np.int64) for k in ("source", "train", "val")}
+        log.info("minicity: %d source scenes (GTA5 %dx%d, SYNTHIA %dx%d), Cityscapes %dx%d train %d / val %d, "
+                 "seed %d, %d worker(s) -> %s", opts.n_source, *opts.gta5_size, *opts.synthia_size,
+                 *opts.cityscapes_size, opts.n_train, opts.n_val, opts.seed, workers, out)
+        start = time.perf_counter()
         bar = tqdm(total=len(jobs), desc="minicity", unit="img", disable=not progress)
         if workers == 1:
             _init_worker()
@@ -175,10 +173,6 @@ def generate(opts: Options, workers: int | None = None, progress: bool = True) -
         bar.close()
         manifest = _manifest(opts, totals)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     elapsed = time.perf_counter() - start
     n_files = 4 * opts.n_source + 2 * (opts.n_train + opts.n_val)
     log.info("minicity: wrote %d images (%d files) in %.1f s (%.1f img/s)", len(jobs), n_files, elapsed,
@@ -208,17 +202,6 @@ def _manifest(opts: Options, totals: dict[str, np.ndarray]) -> dict:
         "class_stats": {"source": fractions(totals["source"]), "target_train": fractions(totals["train"]),
                         "target_val": fractions(totals["val"])},
     }
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the complete ``tmp`` tree to ``out``; an old tree is removed only afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f"{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def summary_lines(out: Path, manifest: dict) -> list[str]:

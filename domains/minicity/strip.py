@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from domains.io import atomic_path
 from domains.labels import (CITYSCAPES_ID_TO_TRAINID, CLASSES, NUM_CLASSES, SYNTHIA_ID_TO_TRAINID,
                             colorize, lookup_table)
 
@@ -141,19 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    Image.fromarray(strip).save(tmp)
-    tmp.replace(out)
+    with atomic_path(out, suffix=".png") as tmp:  # the suffix makes PIL write a PNG
+        Image.fromarray(strip).save(tmp)
     log.info("wrote %s (%dx%d; rows: images and labels per domain)", out, strip.shape[1], strip.shape[0])
     table = markdown_table(class_fractions(args.root))
     print(table)
     if args.table:
         t = Path(args.table)
-        t.parent.mkdir(parents=True, exist_ok=True)
-        tt = t.with_name(f".{t.name}.tmp")
-        tt.write_text(table)
-        tt.replace(t)
+        with atomic_path(t) as tt:
+            tt.write_text(table)
         log.info("wrote %s", t)
     return 0
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from domains.io import atomic_path
+
 from ..collectives import all_gather_cat
 
 # --------------------------------------------------------------------------------------------------
@@ -259,13 +261,10 @@ def save_prototypes(path: str | os.PathLike, prototypes: Tensor, counts: Tensor)
     if protos.dim() != 2 or cnt.shape != protos.shape[:1]:
         raise ValueError(f"save_prototypes: prototypes (C, D) and counts (C,) expected, got "
                          f"{tuple(protos.shape)} and {tuple(cnt.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("prototypes", data=protos.numpy())
         f.create_dataset("counts", data=cnt.numpy())
         f.attrs["num_classes"], f.attrs["dim"] = protos.shape
-    os.replace(tmp, path)
     return path
 
 

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from domains.io import atomic_path
+
 log = logging.getLogger("translators.metrics")
 
 SUMMARY_COLUMNS = {
@@ -32,10 +34,8 @@ def write_csv(row: dict, path: str | os.PathLike) -> Path:
     import pandas as pd
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pd.DataFrame([row]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix="") as tmp:  # no suffix: pandas infers no compression
+        pd.DataFrame([row]).to_csv(tmp, index=False)
     return path
 
 
@@ -43,10 +43,8 @@ def save_npy(array: np.ndarray, csv_path: str | os.PathLike, tag: str) -> Path:
     """Save ``array`` as ``<csv dir>/<csv stem>.<tag>.npy`` atomically."""
     csv_path = Path(csv_path)
     out = csv_path.with_name(f"{csv_path.stem}.{tag}.npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".npy") as tmp:
+        np.save(tmp, array)
     return out
 
 

@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from domains.io import atomic_path
 from domains.labels import CLASSES
 
 logger = logging.getLogger(__name__)
@@ -148,10 +149,8 @@ def plot_heatmap(delta: np.ndarray, path: str | os.PathLike, class_names: Sequen
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="\u0394 % of label pixels (refined \u2212 reference)")
         fig.tight_layout()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
     return path

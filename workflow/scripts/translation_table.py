@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (th
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from domains.io import atomic_path  # noqa: E402
 from wflib import tables as wft  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -35,12 +36,8 @@ def class_names(n: int) -> list[str]:
 
 
 def save_npy_atomic(array: np.ndarray, path: str) -> None:
-    import os
-
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}.npy")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
 
 
 def distortion_job() -> None:

@@ -17,12 +17,11 @@ from PIL import Image  # noqa: E402
 
 
 def _save_atomic(fig, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    from domains.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:  # the suffix makes matplotlib write a PNG
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
 
 def miou_plot(table: pd.DataFrame, path: str | os.PathLike, title: str) -> None:

@@ -90,9 +90,9 @@ def state_files(run_dir: Path, patterns: Sequence[str]) -> list[Path]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from domains.io import atomic_write_text  # here: importing this module stays standard-library only
+
+    atomic_write_text(path, text)
 
 
 def read_key_file(run_dir: Path) -> tuple[dict | None, dict]:

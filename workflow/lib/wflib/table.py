@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -49,8 +48,7 @@ def final_table(round_csvs: Sequence[str], stages: Sequence[str], rounds: dict, 
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
+    from domains.io import atomic_path  # here: Snakemake imports this module while parsing the workflow
+
+    with atomic_path(path, suffix="") as tmp:  # no suffix: pandas infers no compression
+        frame.to_csv(tmp, index=False, float_format="%.4f")
