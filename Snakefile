@@ -45,7 +45,7 @@ include: "workflow/rules/translate.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/pseudolabel.smk"
-include: "workflow/rules/proda.smk"
+include: "workflow/rules/stages.smk"
 include: "workflow/rules/evaluate.smk"
 # tables.smk before report.smk: it narrows {combo} so results/<pair>_<table>.csv is not a final table
 include: "workflow/rules/tables.smk"

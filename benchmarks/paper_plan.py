@@ -124,27 +124,39 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
+def workflow_config() -> dict:
+    """config/config.yaml with its pairs loaded and the schema's defaults filled in, as the workflow
+    has it (common.smk): the YAML lists only what differs from the defaults."""
+    sys.path.append(str(REPO / "workflow" / "lib"))
+    from wflib import pipeline_config as wfc
+    from wflib import schema as wfschema
+
+    config = load_yaml(REPO / "config/config.yaml")
+    wfc.load_pairs(config, REPO, REPO)
+    return wfschema.fill_defaults(config)
+
+
 def paper_targets(config: dict | None = None, pairs: Sequence[str] = PAPER_PAIRS) -> list[PaperTarget]:
     """Every UDA method x translator of the config's UDA table (``tables.uda``; oracle with ``none``
     only) plus ``tables.uda.extra`` and each target-to-source UDA method with its own translator
-    (LDR), for each paper pair; ``max_round`` from the method's or the pair's ``rounds.max``."""
-    config = load_yaml(REPO / "config/config.yaml") if config is None else config
+    (LDR), for each paper pair; ``max_round`` from the method's or the pair's ``rounds.max``.
+    ``config``: a workflow config with its defaults filled in (default: :func:`workflow_config`)."""
+    config = workflow_config() if config is None else config
     table, uda_cfg, translators = config["tables"]["uda"], config["uda"], config["translators"]
+    forward = "source_to_target"
     combos = [(u, t) for u in table["methods"] for t in table["translators"]
-              if (t == "none" or u != "oracle") and (uda_cfg[u].get("translator_direction") is None or t == "none")]
-    combos += [tuple(c.split("_", 1)) for c in table.get("extra") or []]
+              if (t == "none" or u != "oracle") and (uda_cfg[u]["translator_direction"] == forward or t == "none")]
+    combos += [tuple(c.split("_", 1)) for c in table["extra"]]
     for u, spec in uda_cfg.items():  # methods with their own (target -> source) translator, e.g. ldr_ldr
-        direction = spec.get("translator_direction")
-        own = [t for t, ts in translators.items() if direction and ts.get("direction") == direction]
-        combos += [(u, t) for t in own]
+        direction = spec["translator_direction"]
+        combos += [(u, t) for t, ts in translators.items() if direction != forward and ts["direction"] == direction]
     combos = list(dict.fromkeys(combos))
     out = []
     for pair in pairs:
-        rounds = load_yaml(REPO / "config/pairs" / f"{pair}.yaml").get("rounds", {})
         for u, t in combos:
             spec = uda_cfg[u]
-            max_round = int((spec.get("rounds") or {}).get("max", rounds.get("max", 0))) if spec.get("multi_round") else 0
-            out.append(PaperTarget(pair, u, t, max_round))
+            max_round = spec["rounds"].get("max", config["pairs"][pair]["rounds"]["max"]) if spec["multi_round"] else 0
+            out.append(PaperTarget(pair, u, t, int(max_round)))
     return out
 
 

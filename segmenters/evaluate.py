@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from domains.io import atomic_path
 from domains.labels import CLASSES, TRAINID_TO_CITYSCAPES_ID, lookup_table
 from domains.prepared import PreparedDataError, PreparedDataset, Sample
 
-from .io import InferenceSet, batched_probabilities, default_device, resize_maps, write_png
+from .io import (InferenceSet, add_input_flags, add_runtime_flags, batched_probabilities, default_device,
+                 resize_maps, write_png)
 from .metrics import SUBSET_COLUMNS, confusion_matrix, scores_row
 
 logger = logging.getLogger(__name__)
@@ -88,22 +89,19 @@ def write_result(csv_path: str | Path, cm: np.ndarray, class_set: int, round_: i
     row = dict(scores_row(cm, class_set=class_set, class_names=names, convention=convention))
     row["round"] = round_
     row["checkpoint"] = str(checkpoint)
-    npy = confusion_path(csv_path)
-    tmp_npy = npy.with_name(f".{npy.name}.tmp{os.getpid()}.npy")
-    np.save(tmp_npy, cm)
-    os.replace(tmp_npy, npy)
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
-    pd.DataFrame([row]).to_csv(tmp_csv, index=False)
-    os.replace(tmp_csv, csv_path)     # the CSV last: its presence means the evaluation is complete
+    with atomic_path(confusion_path(csv_path), suffix=".npy") as tmp_npy:
+        np.save(tmp_npy, cm)
+    # the CSV last: its presence means the evaluation is complete (no suffix: pandas infers no compression)
+    with atomic_path(csv_path, suffix="") as tmp_csv:
+        pd.DataFrame([row]).to_csv(tmp_csv, index=False)
     return row
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segmenters evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="final.pth written by `python -m segmenters train`")
-    p.add_argument("--target", required=True, help="prepared target dataset folder (data/prepared/<name>)")
-    p.add_argument("--split", default="val", help="labelled split to score (default: val)")
-    p.add_argument("--out", required=True, help="result CSV (one row); <stem>.confusion.npy is written beside it")
+    add_input_flags(p, checkpoint="final.pth written by `python -m segmenters train`", split="val",
+                    split_help="labelled split to score (default: %(default)s)",
+                    out="result CSV (one row); <stem>.confusion.npy is written beside it")
     p.add_argument("--round", type=int, default=None, help="round index k written to the 'round' column")
     p.add_argument("--class-set", type=int, choices=sorted(SUBSET_COLUMNS), default=19,
                    help="19: mIoU only; 16: add mIoU16 and mIoU13 (SYNTHIA); 13: add mIoU13")
@@ -114,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write predictions at label size to DIR/<stem>.png (trainIds)")
     p.add_argument("--labelids", action="store_true",
                    help="with --save-predictions: write Cityscapes label ids (for cityscapesscripts)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="disable autocast (bf16/fp16) on CUDA")
+    add_runtime_flags(p)
     return p
 
 

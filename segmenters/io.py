@@ -8,8 +8,8 @@ memory is one batch (plus the loader's prefetch) for any dataset size.
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
+
+from domains.io import atomic_path
 
 
 class ImageReadError(RuntimeError):
@@ -50,12 +52,9 @@ def read_label(path: str | Path) -> np.ndarray:
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (H, W) map as PNG, creating parent folders; written to a temporary name first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(array)):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(array)):
+            raise OSError(f"could not write {path}")
 
 
 def resize_rgb(img: np.ndarray, scale_wh: Sequence[int] | None) -> np.ndarray:
@@ -168,3 +167,23 @@ def resize_maps(maps: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size_hw):
         return maps
     return F.interpolate(maps, size=tuple(int(s) for s in size_hw), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------- the inference CLIs' shared flags
+# evaluate, pseudolabel and prototypes read a checkpoint and a prepared split and run the model over
+# it: their common flags are defined here once; each CLI says what its checkpoint, split and output are.
+def add_input_flags(p: argparse.ArgumentParser, *, checkpoint: str, split: str, split_help: str, out: str) -> None:
+    """``--checkpoint`` (required; help ``checkpoint``), ``--target``, ``--split`` (default ``split``; help
+    ``split_help``, where ``%(default)s`` names the default) and ``--out`` (required; help ``out``)."""
+    p.add_argument("--checkpoint", required=True, help=checkpoint)
+    p.add_argument("--target", required=True, help="prepared target dataset folder (data/prepared/<name>)")
+    p.add_argument("--split", default=split, help=split_help)
+    p.add_argument("--out", required=True, help=out)
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--workers``, ``--device`` and ``--no-amp``: how the model runs."""
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--no-amp", action="store_true", help="disable autocast (bf16/fp16) on CUDA")

@@ -38,12 +38,18 @@ import torch
 
 from domains.prepared import PreparedDataError, Sample
 
-from .io import InferenceSet, make_loader, release_free_memory, resize_maps, write_png
+from .io import (InferenceSet, add_input_flags, add_runtime_flags, make_loader, release_free_memory, resize_maps,
+                 write_png)
 from .pseudolabel import CONFIDENCES, META, _soft_size, class_names, open_split_and_segmenter, staged_output_dir
 
 logger = logging.getLogger(__name__)
 
 PROTOTYPES = "prototypes.h5"
+#: defaults of the functions below and of the CLI flags (one definition): soft labels at ProDA's 1/4 of
+#: the native size (``--soft-scale``); pixels a class needs in an image to contribute (``--min-pixels``,
+#: the public code's ``< 10`` skip)
+SOFT_SCALE = 0.25
+MIN_PIXELS = 10
 
 
 def _features_and_logits(segmenter, images: torch.Tensor, feat_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +69,8 @@ def _features_and_logits(segmenter, images: torch.Tensor, feat_index: int) -> tu
     return feats[feat_index].float(), logits.float()
 
 
-def compute(segmenter, samples: Sequence[Sample], work: Path, soft_scale: float = 0.25,
-            feat_index: int | None = None, min_pixels: int = 10, batch_size: int = 1,
+def compute(segmenter, samples: Sequence[Sample], work: Path, soft_scale: float = SOFT_SCALE,
+            feat_index: int | None = None, min_pixels: int = MIN_PIXELS, batch_size: int = 1,
             workers: int = 0) -> dict:
     """Write PNGs, confidences.h5 and prototypes.h5 into ``work``; returns summary numbers."""
     import h5py
@@ -118,8 +124,8 @@ def compute(segmenter, samples: Sequence[Sample], work: Path, soft_scale: float 
             "prototype_counts": memory.counts.cpu().tolist(), "pixels_predicted": pixels.tolist()}
 
 
-def generate(segmenter, samples: Sequence[Sample], out: str | Path, soft_scale: float = 0.25,
-             feat_index: int | None = None, min_pixels: int = 10, batch_size: int = 1, workers: int = 0,
+def generate(segmenter, samples: Sequence[Sample], out: str | Path, soft_scale: float = SOFT_SCALE,
+             feat_index: int | None = None, min_pixels: int = MIN_PIXELS, batch_size: int = 1, workers: int = 0,
              extra_meta: dict | None = None) -> dict:
     """Write a complete ProDA stage-1 folder at ``out`` atomically; returns its meta.json content."""
     if not 0.0 < soft_scale <= 1.0:
@@ -150,18 +156,15 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, soft_scale: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segmenters prototypes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="final.pth of the ProDA warm-up model")
-    p.add_argument("--target", required=True, help="prepared target dataset folder (data/prepared/<name>)")
-    p.add_argument("--split", default="train", help="split to label (default: train)")
-    p.add_argument("--out", required=True, help="output folder (data/pseudo/<pair>/proda_<translator>/r0)")
-    p.add_argument("--soft-scale", type=float, default=0.25, help="soft labels at this fraction of the native size")
+    add_input_flags(p, checkpoint="final.pth of the ProDA warm-up model", split="train",
+                    split_help="split to label (default: %(default)s)",
+                    out="output folder (data/pseudo/<pair>/proda_<translator>/r0)")
+    p.add_argument("--soft-scale", type=float, default=SOFT_SCALE,
+                   help="soft labels at this fraction of the native size")
     p.add_argument("--feat-in-index", type=int, default=None,
                    help="backbone output used as prototype features (default: the decode head's last in_index)")
-    p.add_argument("--min-pixels", type=int, default=10, help="pixels a class needs in an image to contribute")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
+    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="pixels a class needs in an image to contribute")
+    add_runtime_flags(p)
     return p
 
 

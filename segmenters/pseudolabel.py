@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -48,12 +49,31 @@ import numpy as np
 from domains.labels import CLASSES, IGNORE_INDEX
 from domains.prepared import PreparedDataError, PreparedDataset, Sample
 
-from .io import InferenceSet, batched_probabilities, default_device, read_label, resize_maps, write_png
+from .io import (InferenceSet, add_input_flags, add_runtime_flags, batched_probabilities, default_device, read_label,
+                 resize_maps, write_png)
 
 logger = logging.getLogger(__name__)
 
 CONFIDENCES = "confidences.h5"
 META = "meta.json"
+
+
+@dataclass(frozen=True)
+class PseudoLabelRule:
+    """The keep rule and its settings. The defaults here are the one definition of BDL's numbers: the
+    functions below and the CLI flags default to these fields (tests/test_defaults.py checks, and that
+    the workflow schema's ``uda.<uda>.pseudo_rule`` default is :attr:`rule`). ``bdl`` (BDL's SSL.py):
+    per class, the ``percentile`` order statistic of the confidences of the pixels predicted as that
+    class, capped at ``cap``; ``fixed``: one ``threshold`` for every class."""
+
+    rule: str = "bdl"
+    percentile: float = 50.0
+    cap: float = 0.9
+    threshold: float = 0.9
+
+
+#: the rules of ``--rule`` (workflow: ``uda.<uda>.pseudo_rule``)
+RULES = ("bdl", "fixed")
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -90,7 +110,7 @@ def order_statistic_index(n: int, q: float) -> int:
     return min(int(np.round(n * q)), n - 1)
 
 
-def class_order_statistics(counts: np.ndarray, q: float = 0.5) -> np.ndarray:
+def class_order_statistics(counts: np.ndarray, q: float = PseudoLabelRule.percentile / 100.0) -> np.ndarray:
     """Per class, the value ``x[order_statistic_index(n, q)]`` of its sorted float16 confidences
     counted in ``counts`` (C, CODES); 0 for classes with no pixels. ``q`` in (0, 1]."""
     if not 0.0 < q <= 1.0:
@@ -107,8 +127,9 @@ def class_order_statistics(counts: np.ndarray, q: float = 0.5) -> np.ndarray:
     return out
 
 
-def class_thresholds(counts: np.ndarray, rule: str = "bdl", percentile: float = 50.0, cap: float = 0.9,
-                     threshold: float = 0.9) -> np.ndarray:
+def class_thresholds(counts: np.ndarray, rule: str = PseudoLabelRule.rule,
+                     percentile: float = PseudoLabelRule.percentile, cap: float = PseudoLabelRule.cap,
+                     threshold: float = PseudoLabelRule.threshold) -> np.ndarray:
     """Per-class keep thresholds from the counts of :func:`accumulate_counts`: ``bdl`` = min(SSL.py's
     order statistic at ``percentile``, cap), 0 for a class never predicted; ``fixed`` = ``threshold``
     for every class."""
@@ -217,11 +238,12 @@ def class_names(num_classes: int) -> list[str]:
     return list(CLASSES) if num_classes == len(CLASSES) else [f"class_{c}" for c in range(num_classes)]
 
 
-def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = "bdl", threshold: float = 0.9,
-             percentile: float = 50.0, cap: float = 0.9, soft_scale: float | None = None,
+def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = PseudoLabelRule.rule,
+             threshold: float = PseudoLabelRule.threshold, percentile: float = PseudoLabelRule.percentile,
+             cap: float = PseudoLabelRule.cap, soft_scale: float | None = None,
              batch_size: int = 1, workers: int = 0, extra_meta: dict | None = None) -> dict:
     """Write a complete pseudo-label folder at ``out`` (atomically); returns its meta.json content."""
-    if rule not in ("bdl", "fixed"):
+    if rule not in RULES:
         raise ValueError(f"unknown pseudo-label rule {rule!r}; use 'bdl' or 'fixed'")
     if rule == "bdl" and not 0.0 < percentile <= 100.0:
         raise ValueError(f"--percentile must be in (0, 100], got {percentile}")
@@ -258,21 +280,19 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segmenters pseudolabel", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="final.pth of the previous round's segmenter")
-    p.add_argument("--target", required=True, help="prepared target dataset folder (data/prepared/<name>)")
-    p.add_argument("--split", default="train", help="split to label (default: train; labels not needed)")
-    p.add_argument("--out", required=True, help="output folder (data/pseudo/<pair>/<uda>_<translator>/r<k>)")
-    p.add_argument("--rule", choices=["bdl", "fixed"], default="bdl",
+    add_input_flags(p, checkpoint="final.pth of the previous round's segmenter", split="train",
+                    split_help="split to label (default: %(default)s; labels not needed)",
+                    out="output folder (data/pseudo/<pair>/<uda>_<translator>/r<k>)")
+    p.add_argument("--rule", choices=list(RULES), default=PseudoLabelRule.rule,
                    help="bdl: per-class median confidence capped at --cap (BDL SSL.py); fixed: --threshold")
-    p.add_argument("--threshold", type=float, default=0.9, help="keep threshold of --rule fixed")
-    p.add_argument("--percentile", type=float, default=50.0, help="per-class percentile of --rule bdl (BDL: 50)")
-    p.add_argument("--cap", type=float, default=0.9, help="upper bound of the per-class thresholds (BDL: 0.9)")
+    p.add_argument("--threshold", type=float, default=PseudoLabelRule.threshold, help="keep threshold of --rule fixed")
+    p.add_argument("--percentile", type=float, default=PseudoLabelRule.percentile,
+                   help="per-class percentile of --rule bdl (BDL: %(default)g)")
+    p.add_argument("--cap", type=float, default=PseudoLabelRule.cap,
+                   help="upper bound of the per-class thresholds (BDL: %(default)g)")
     p.add_argument("--soft-scale", type=float, default=None,
                    help="also store softmax probabilities at this fraction of the native size (float16)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="disable autocast (bf16/fp16) on CUDA")
+    add_runtime_flags(p)
     return p
 
 

@@ -285,7 +285,8 @@ def test_translator_train_refuses_bad_init_before_creating_the_run_folder(make, 
 
 
 # ------------------------------------------------------------------ 8. every script answers --help
-SCRIPTS = sorted([*(REPO / "workflow/scripts").iterdir(), *(REPO / "benchmarks").glob("*.py")])
+SCRIPTS = sorted([*(p for p in (REPO / "workflow/scripts").iterdir() if p.suffix in (".py", ".sh")),
+                  *(REPO / "benchmarks").glob("*.py")])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[f"{p.parent.name}/{p.name}" for p in SCRIPTS])

@@ -5,8 +5,14 @@
   ``.get("<key>", <default>)`` for a key the schema has a default for repeats it.
 * Translators: the defaults are translators/config.py's dataclass defaults (+ METHOD_DEFAULTS of a
   method); a translators/configs/*.yaml key must change what the file loads to, else it repeats them.
+* config/config.yaml, config/pairs/*.yaml and config/experiments/*.yaml set only what differs from the
+  schema's defaults (a few paper values are listed on purpose: SHIPPED_ON_PURPOSE).
+* Translator variants (the SemST Table 3 ablations) are ``set:`` entries of config/config.yaml, the form
+  the workflow runs; translators/configs holds one file per method and preset.
 * Values shared across components have one definition that the others read: ``--feedback-weight``
-  (translators.config.FEEDBACK_WEIGHT), ProDA's pseudo-label threshold (ProDAConfig.threshold).
+  (translators.config.FEEDBACK_WEIGHT), ProDA's pseudo-label threshold (ProDAConfig.threshold), the
+  pseudo-label rule's numbers (segmenters.pseudolabel.PseudoLabelRule: functions, CLI flags, the
+  schema's ``pseudo_rule``), the flags the inference CLIs share (segmenters.io.add_*_flags).
 * Name lists that cannot import each other agree: translator methods (translators.config.METHODS,
   the method registry, the schema enum), segmenter architectures and presets (the CLI's choices,
   segmenters/configs, the schema enums).
@@ -14,9 +20,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import fnmatch
 import inspect
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -137,6 +146,82 @@ def test_fill_defaults_fills_as_snakemake_does(overlay):
     assert set(ours["tables"]) == {"per_pair", "translation", "uda", "published"}
 
 
+#: keys of the shipped configs that equal the schema's default (or, in an experiment, config.yaml's value)
+#: but are listed on purpose: (file pattern, dotted key prefix) -> why
+SHIPPED_ON_PURPOSE = {
+    ("config.yaml", "resources."): "a table of the measured sizes of every rule group, each cell listed",
+    ("experiments/paper_*.yaml", "resources.paper."): "threads per process stated beside gpus (multi-GPU layout)",
+    ("pairs/gta2cs.yaml", "segmenter.arch"): "the paper's segmenter (DeepLab-V2)",
+    ("pairs/gta2cs.yaml", "evaluate.class_set"): "the paper's protocol: 19 classes (beside syn2cs' 16)",
+    ("pairs/gta2cs.yaml", "rounds.metric"): "the paper's protocol: mIoU over 19 classes (syn2cs: mIoU16)",
+    ("pairs/syn2cs.yaml", "segmenter.arch"): "the paper's segmenter (DeepLab-V2)",
+    ("pairs/minicity.yaml", "segmenter.arch"): "the pair's segmenter, named in every pair file",
+    ("pairs/minibench.yaml", "segmenter.arch"): "the pair's segmenter, named in every pair file",
+}
+
+
+def _resolved(config: dict, pairs_dir: Path | None = None, overlay: dict | None = None) -> dict:
+    """``config`` (+ ``overlay``) with the pairs of ``pairs_dir`` loaded and the schema's defaults filled."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(config)
+    if overlay:
+        update_config(config, copy.deepcopy(overlay))
+    if pairs_dir is not None:
+        config["pairs_dir"] = str(pairs_dir)
+    wfc.load_pairs(config, REPO, REPO)
+    config = wfschema.fill_defaults(config)
+    config.pop("pairs_dir")
+    return config
+
+
+def _shipped_files():
+    root = REPO / "config"
+    return [root / "config.yaml", *sorted((root / "pairs").glob("*.yaml")), *EXPERIMENTS]
+
+
+@pytest.mark.parametrize("path", _shipped_files(), ids=lambda p: str(p.relative_to(REPO / "config")))
+def test_shipped_configs_repeat_no_schema_default(path, tmp_path):
+    """A key of config/config.yaml, a pair file or an experiment file that can be deleted without
+    changing the resolved config (as the Snakefile loads it) repeats the schema's default: delete it
+    (or, for a paper value listed on purpose, add it to SHIPPED_ON_PURPOSE)."""
+    name = str(path.relative_to(REPO / "config"))
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    own = yaml.safe_load(path.read_text()) or {}
+    pairs_dir = tmp_path / "pairs"
+
+    def resolve(data: dict) -> dict:
+        if name == "config.yaml":
+            return _resolved(data)
+        if name.startswith("pairs/"):
+            shutil.copytree(REPO / "config" / "pairs", pairs_dir, dirs_exist_ok=True)
+            (pairs_dir / path.name).write_text(yaml.safe_dump(data))
+            return _resolved(base, pairs_dir)
+        return _resolved(base, overlay=data)
+
+    full = resolve(own)
+    repeated = []
+    for key in _leaves(own):
+        if any(fnmatch.fnmatch(name, n) and key.startswith(prefix) for n, prefix in SHIPPED_ON_PURPOSE):
+            continue
+        try:
+            same = resolve(_without(own, key)) == full
+        except Exception:  # noqa: BLE001 - a required key (invalid without it) is not a repeat
+            same = False
+        if same:
+            repeated.append(key)
+    assert not repeated, f"config/{name} repeats schema defaults: {repeated}; delete them"
+
+
+def test_shipped_on_purpose_keys_exist():
+    """Each exception of SHIPPED_ON_PURPOSE still names a key of its files."""
+    for pattern, prefix in SHIPPED_ON_PURPOSE:
+        paths = sorted((REPO / "config").glob(pattern))
+        assert paths, pattern
+        for path in paths:
+            assert any(k.startswith(prefix) for k in _leaves(yaml.safe_load(path.read_text()))), (path.name, prefix)
+
+
 def test_fill_defaults_of_a_part_and_the_defaults_it_reads():
     assert wfschema.fill_defaults({"gpus": 2}, "#/$defs/resource") == {"gpus": 2, "threads": 1, "mem_mb": 2000,
                                                                        "runtime": 60, "nodes": 1}
@@ -218,10 +303,92 @@ def test_proda_threshold_has_one_source():
 
     assert stage_defaults.proda_threshold(REPO) == ProDAConfig.threshold
     assert inspect.signature(hard_pseudo_labels).parameters["threshold"].default == ProDAConfig.threshold
+    from wflib import stages as wfs  # ProDA's stages as data: the threshold is a value read from the source
+
+    assert wfs.read_values(wfs.PRODA, REPO) == {"threshold": ProDAConfig.threshold}
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    assert "PRODA_THRESHOLD = wfstage.proda_threshold(REPO)" in common
-    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+    assert "wfs.read_values(method, REPO)" in common
+    for path in [*(REPO / "workflow" / "rules").glob("*.smk"), REPO / "workflow" / "lib" / "wflib" / "stages.py"]:
         assert str(ProDAConfig.threshold) not in path.read_text(), f"{path.name} repeats ProDA's threshold"
+
+
+#: the pseudo-label settings (PseudoLabelRule's fields) and their flags
+PSEUDO_FIELDS = ("rule", "threshold", "percentile", "cap")
+
+
+def _literal_defaults(path: Path, names: tuple[str, ...], flags: tuple[str, ...]) -> list[str]:
+    """Where ``path`` gives a parameter in ``names`` a literal default (``def f(cap=0.9)``) or an
+    ``add_argument`` of ``flags`` a literal ``default=``: a second definition of the number."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [f"{path.name}:{d.lineno}: {node.name}({a.arg}={ast.unparse(d)})" for a, d in pairs
+                      if a.arg in names and isinstance(d, ast.Constant)]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in flags):
+            flag = node.args[0].value
+            found += [f"{path.name}:{k.value.lineno}: add_argument({flag!r}, default={ast.unparse(k.value)})"
+                      for k in node.keywords if k.arg == "default" and isinstance(k.value, ast.Constant)]
+    return found
+
+
+def test_pseudolabel_rule_has_one_source():
+    """BDL's numbers (median, cap 0.9) and the fixed threshold are PseudoLabelRule's defaults; the
+    functions, the CLI flags and the workflow schema's ``pseudo_rule`` take them from there, and the
+    segmenter configs hold no unused copy (``uda.pseudo_threshold``)."""
+    from segmenters import pseudolabel as pl
+
+    rule = pl.PseudoLabelRule()
+    args = pl.build_parser().parse_args(["--checkpoint", "c", "--target", "t", "--out", "o"])
+    assert {f: getattr(args, f) for f in PSEUDO_FIELDS} == {f: getattr(rule, f) for f in PSEUDO_FIELDS}
+    assert (rule.rule, rule.percentile, rule.cap) == ("bdl", 50.0, 0.9)       # BDL SSL.py
+    action = next(a for a in pl.build_parser()._actions if a.dest == "rule")
+    assert tuple(action.choices) == pl.RULES
+    for fn in (pl.class_thresholds, pl.generate):
+        params = inspect.signature(fn).parameters
+        assert {f: params[f].default for f in PSEUDO_FIELDS} == {f: getattr(rule, f) for f in PSEUDO_FIELDS}, fn
+    assert not _literal_defaults(REPO / "segmenters" / "pseudolabel.py", PSEUDO_FIELDS,
+                                 tuple(f"--{f}" for f in PSEUDO_FIELDS))
+    schema_rule = SCHEMA["$defs"]["uda"]["properties"]["pseudo_rule"]
+    assert schema_rule["default"] == rule.rule and tuple(schema_rule["enum"]) == pl.RULES
+    for path in (REPO / "segmenters" / "configs").glob("*.py"):
+        assert "pseudo_threshold" not in path.read_text(), f"{path.name}: pseudo-label settings are PseudoLabelRule's"
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):   # the rules pass --rule only
+        text = path.read_text()
+        assert "--percentile" not in text and "--cap" not in text, path.name
+
+
+#: the flags of the inference CLIs defined once in segmenters/io.py (add_input_flags, add_runtime_flags)
+SHARED_FLAGS = ("--checkpoint", "--target", "--split", "--out", "--batch-size", "--workers", "--device", "--no-amp")
+
+
+def test_inference_clis_share_their_flags():
+    """evaluate, pseudolabel and prototypes take their common flags from segmenters.io; none adds one itself."""
+    import importlib
+
+    runtime = {}
+    for name in ("evaluate", "pseudolabel", "prototypes"):
+        path = REPO / "segmenters" / f"{name}.py"
+        tree = ast.parse(path.read_text())
+        own = [c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+               and c.func.attr == "add_argument" and c.args and isinstance(c.args[0], ast.Constant)]
+        assert not set(own) & set(SHARED_FLAGS), f"{path.name} adds {sorted(set(own) & set(SHARED_FLAGS))} itself"
+        actions = {a.option_strings[0]: a for a in importlib.import_module(f"segmenters.{name}").build_parser()._actions
+                   if a.option_strings}
+        assert set(SHARED_FLAGS) <= set(actions), name
+        assert all(actions[f].required for f in ("--checkpoint", "--target", "--out"))
+        runtime[name] = [(actions[f].default, actions[f].help) for f in SHARED_FLAGS[4:]]
+    assert runtime["evaluate"] == runtime["pseudolabel"] == runtime["prototypes"]
+    from segmenters import prototypes
+
+    params = inspect.signature(prototypes.generate).parameters
+    args = prototypes.build_parser().parse_args(["--checkpoint", "c", "--target", "t", "--out", "o"])
+    assert (args.soft_scale, args.min_pixels) == (params["soft_scale"].default, params["min_pixels"].default)
+    assert not _literal_defaults(REPO / "segmenters" / "prototypes.py", ("soft_scale", "min_pixels"),
+                                 ("--soft-scale", "--min-pixels"))
 
 
 def test_literal_default_reads_only_literals(tmp_path):
@@ -235,6 +402,18 @@ def test_literal_default_reads_only_literals(tmp_path):
 
 
 # ---------------------------------------------------------------- names that must agree
+def test_translator_variants_are_config_entries_only():
+    """translators/configs holds one config per method and preset (the --config of the workflow's jobs);
+    variants such as the SemST Table 3 ablations are ``translators.<name>.set`` entries of
+    config/config.yaml (what the DAG runs), never a second YAML."""
+    presets = SCHEMA["$defs"]["pair"]["properties"]["preset"]["enum"]
+    expected = {f"{method}_{preset}.yaml" for method in tconfig.METHODS for preset in presets}
+    assert {p.name for p in CONFIGS.glob("*.yaml")} == expected
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    ablations = {name for name, spec in config["translators"].items() if spec.get("set")}
+    assert {"semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1", "semst_ts2"} <= ablations
+
+
 def test_translator_method_names_agree():
     from translators.methods import LAZY_METHODS, METHODS
 

@@ -1,6 +1,7 @@
 """Translator methods (CUT, SemST): configs, crop alignment, fusion, tiling, feedback, NaN guard."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from translators.methods.base import pad_to_multiple, tile_starts
 from translators.methods.semst import sample_window, window_grid
 from translators.train import make_adam
 
-CONFIGS = Path(__file__).resolve().parents[1] / "translators" / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "translators" / "configs"
 TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", "model.netF_nc=32", "model.scale_mid_channels=8",
         "loss.nce_layers=[0,4,8,12,13]", "loss.num_patches=32", "data.crop=32", "data.local_crop=32",
         "data.global_crop=16"]
@@ -24,6 +26,31 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.n_layers_D=2", 
 
 def tiny(method: str, *extra: str) -> TranslatorConfig:
     return load_config(CONFIGS / f"{method}_tiny.yaml", TINY + list(extra))
+
+
+def dag_variants(pair: str = "gta2cs") -> dict[str, tuple[Path, list[str]]]:
+    """The translator variants of config/config.yaml (SemST Table 3 ablations: ``translators.<name>.set``),
+    as the workflow's jobs load them for ``pair`` (a paper-preset pair by default): ``--config`` and the
+    ``--set`` items, built by wflib as common.smk builds them. The ablations are defined there only."""
+    import yaml
+
+    sys.path.append(str(REPO / "workflow" / "lib"))
+    from wflib import pipeline_config as wfc
+    from wflib import schema as wfschema
+    from wflib import validate as wfv
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    wfc.load_pairs(config, REPO, REPO)
+    wfschema.fill_defaults(config)
+    preset = config["pairs"][pair]["preset"]
+    return {name: (wfv.translator_config_path(REPO, spec["method"], preset),
+                   wfv.set_items(wfv.translator_overrides(config, pair, name)))
+            for name, spec in config["translators"].items() if spec["set"]}
+
+
+#: the SemST ablations whose config differs from semst_paper.yaml (semst_ts2 sets SemST's default 2)
+ABLATIONS = {name: job for name, job in dag_variants().items()
+             if job[0].name == "semst_paper.yaml" and load_config(*job).to_dict() != load_config(job[0]).to_dict()}
 
 
 # ----------------------------------------------------------------------------- config
@@ -42,11 +69,15 @@ def test_unknown_config_key_is_named(tmp_path):
     assert cfg.train.lr == 1e-4 and cfg.loss.nce_layers == [0, 4]
 
 
-@pytest.mark.parametrize("path", sorted([*CONFIGS.glob("cut_*.yaml"), *CONFIGS.glob("semst_*.yaml")]),
-                         ids=lambda p: p.stem)
-def test_every_config_builds(path):
-    """Paper and tiny presets (and the Table 3 ablations) load and build their networks."""
-    cfg = load_config(path)
+#: the CUT and SemST preset files, and the SemST ablations as the workflow runs them: id -> (--config, --set items)
+BUILD_CASES = {**{p.stem: (p, []) for p in sorted([*CONFIGS.glob("cut_*.yaml"), *CONFIGS.glob("semst_*.yaml")])},
+               **ABLATIONS}
+
+
+@pytest.mark.parametrize("path, overrides", list(BUILD_CASES.values()), ids=list(BUILD_CASES))
+def test_every_config_builds(path, overrides):
+    """Paper and tiny presets (and the Table 3 ablations, as the workflow runs them) load and build their networks."""
+    cfg = load_config(path, overrides)
     method = build_method(cfg)
     groups = method.param_groups()
     assert all(len(v) > 0 for v in groups.values())
@@ -56,10 +87,25 @@ def test_every_config_builds(path):
 
 
 def test_semst_ablation_configs():
-    assert load_config(CONFIGS / "semst_paper_no_multiscale.yaml").semst.multiscale is False
-    assert load_config(CONFIGS / "semst_paper_patchnce.yaml").loss.contrastive == "patchnce"
-    assert load_config(CONFIGS / "semst_paper_ts0.yaml").loss.lambda_TS == 0.0
+    """SemST Table 3's ablations are the config/config.yaml translators the workflow runs (--set over semst_paper)."""
+    cfgs = {name: load_config(*job) for name, job in dag_variants().items()}
+    assert set(ABLATIONS) == {"semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1"}
+    assert cfgs["semst_noms"].semst.multiscale is False
+    assert cfgs["semst_nohdce"].loss.contrastive == "patchnce"
+    assert [cfgs[f"semst_ts{w}"].loss.lambda_TS for w in (0, 1, 2)] == [0.0, 1.0, 2.0]
     assert load_config(CONFIGS / "semst_paper.yaml").loss.lambda_TS == 2.0
+    assert cfgs["semst_ts2"].to_dict() == load_config(CONFIGS / "semst_paper.yaml").to_dict()
+    paper = _flat(load_config(CONFIGS / "semst_paper.yaml").to_dict())
+    for name in ABLATIONS:  # each differs from the paper config in the one setting it ablates
+        diff = {k for k, v in _flat(cfgs[name].to_dict()).items() if v != paper[k]}
+        assert len(diff) == 1, (name, diff)
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -1,5 +1,6 @@
-"""ProDA's rules (workflow/rules/proda.smk): the stages are rounds of results/<pair>_proda_<tr>.csv, planned
-by dry-runs (minicity: no data needed; syn2cs: paper scale on the fake real-layout tree of test_workflow_plan)."""
+"""ProDA's rules (its stages are data in workflow/lib/wflib/stages.py, expanded by workflow/rules/stages.smk):
+the stages are rounds of results/<pair>_proda_<tr>.csv, planned by dry-runs (minicity: no data needed; syn2cs:
+paper scale on the fake real-layout tree of test_workflow_plan)."""
 from __future__ import annotations
 
 from pathlib import Path

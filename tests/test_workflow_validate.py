@@ -77,7 +77,7 @@ def test_valid_overrides_pass():
                                                               "amp": False, "param_scheduler.0.power": 1}}},
                    "gta2cs": {"segmenter": {"cfg_options": {"init_from": None}}}},
          "translators": {"semst": {"set": {"loss.lambda_TS": 1, "refine.tile": None, "loss.nce_layers": [0, 4]}}},
-         "uda": {"bdl": {"cfg_options": {"uda.pseudo_threshold": 0.8}}}},
+         "uda": {"bdl": {"cfg_options": {"uda.lambda_pseudo": 0.8}}}},
     ), REPO)
     # a key only the tiny preset has is fine for a tiny pair, and refused where a paper pair would get it
     sepico = {"uda": {"sepico": {"cfg_options": {"uda.sepico.alpha": 0.99}}}}

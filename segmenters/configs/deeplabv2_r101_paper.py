@@ -88,7 +88,7 @@ uda = dict(
     discriminator=dict(type="FCDiscriminator", ndf=64),
     d_optimizer=dict(type="Adam", lr=1e-4, betas=(0.9, 0.99)),   # same poly schedule as the segmenter
     lambda_pseudo=1.0,           # weight of the target pseudo-label cross-entropy (BDL SSL)
-    pseudo_threshold=0.9,        # BDL: confidence threshold for pseudo-labels
+    # (the pseudo-label keep rule is `python -m segmenters pseudolabel`'s: segmenters/pseudolabel.py PseudoLabelRule)
     # method sections (defaults live in the method modules; set keys here: --cfg-options can only
     # change keys a preset lists, as uda.sepico.alpha=0.99 at tiny; a dict value is not parsed)
     sepico=dict(),

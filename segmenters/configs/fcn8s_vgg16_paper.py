@@ -77,7 +77,6 @@ uda = dict(
     discriminator=dict(type="FCDiscriminator", ndf=64),
     d_optimizer=dict(type="Adam", lr=1e-4, betas=(0.9, 0.99)),   # x0.1 per 50k like the segmenter
     lambda_pseudo=1.0,
-    pseudo_threshold=0.9,
     # method sections (defaults live in the method modules; set keys here: --cfg-options can only
     # change keys a preset lists, as uda.sepico.alpha=0.99 at tiny; a dict value is not parsed)
     sepico=dict(),

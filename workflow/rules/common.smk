@@ -19,7 +19,9 @@ sys.path.insert(1, str(REPO))  # domains (wflib imports its shared helpers)
 
 from wflib import distributed as wfd  # noqa: E402
 from wflib import pipeline_config as wfc  # noqa: E402
-from wflib import stage_defaults as wfstage  # noqa: E402
+from wflib import rule_parts as wfr  # noqa: E402
+from wflib import report_sections as wfrs  # noqa: E402
+from wflib import stages as wfs  # noqa: E402
 from wflib import validate as wfv  # noqa: E402
 from wflib.codehash import code_hash  # noqa: E402
 from wflib.rounds import decide  # noqa: E402
@@ -95,9 +97,9 @@ CODE = {
 TRANSLATOR_STATE = wfc.join_quoted(["--state", "checkpoint.pt"])
 SEGMENTER_STATE = wfc.join_quoted(["--state", "iter_*.pth", "--state", "last_checkpoint"])
 
-#: ProDA --threshold (proda.smk, uda_stage_name): stage 2/3 hard pseudo-labels keep pixels with confidence
-#: above it; ProDA's own setting (segmenters/uda/proda_parts.py ProDAConfig.threshold), read without torch
-PRODA_THRESHOLD = wfstage.proda_threshold(REPO)
+#: values of the multi-stage methods (wflib/stages.py), read from the stage packages' sources without
+#: torch: {"proda": {"threshold": ProDAConfig.threshold of segmenters/uda/proda_parts.py}}
+STAGE_VALUES = {name: wfs.read_values(method, REPO) for name, method in wfs.METHODS.items()}
 
 
 def _alternatives(names):
@@ -268,6 +270,32 @@ def training_resources(group):
     return {key: one(key) for key in wfd.RESOURCE_KEYS}
 
 
+def job_resources(group, training=False):
+    """`resources` of the group's jobs: mem_mb and runtime of resources.<preset>.<group>, and for
+    training jobs their GPU / task geometry (training_resources); use as `**job_resources("segment", True)`."""
+    out = {"mem_mb": resource(group, "mem_mb"), "runtime": resource(group, "runtime")}
+    return {**out, **training_resources(group)} if training else out
+
+
+# ---------------------------------------------------------------- training rules' shared params
+def run_dir(wc, output):
+    """Param `out`: the folder of the rule's (first) output, the job's run folder."""
+    return os.path.dirname(output[0])
+
+
+def training_params(group, package, state):
+    """The `params` every training job gives the resumable launcher (wflib.rule_parts.resumable_shell),
+    that is the interpreter, the launcher, the training command (or its torchrun / srun form), the resume
+    state files and the run folder; each training job adds its own (`code`, `flags`, ...) after them."""
+    return {"python": PYTHON, "launcher": RESUMABLE, "train": train_command(group, package), "state": state,
+            "out": run_dir}
+
+
+def segmenter_params():
+    """`segmenters train --arch/--preset` of the pair (params of every segmenter training rule)."""
+    return {"arch": lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"], "preset": lambda wc: preset_of(wc.pair)}
+
+
 # ---------------------------------------------------------------- paths of each round
 def translator_ckpt(pair, uda, translator, k):
     """Translator of round k: round 0 is shared by all UDA methods; later rounds are per method."""
@@ -288,12 +316,12 @@ def refined_manifest(pair, uda, translator, k):
 
 
 def segmenter_ckpt(pair, uda, translator, k):
-    return f"results/runs/{pair}/{uda}_{translator}/r{k}/final.pth"
+    return wfs.SEGMENTER.format(pair=pair, uda=uda, translator=translator, k=k)
 
 
 def pseudo_meta(pair, uda, translator, j):
     """Pseudo-labels predicted by segmenter j (consumed by round j + 1)."""
-    return f"data/pseudo/{pair}/{uda}_{translator}/r{j}/meta.json"
+    return wfs.PSEUDO.format(pair=pair, uda=uda, translator=translator, k=j)
 
 
 def round_csv(pair, uda, translator, k):
@@ -409,37 +437,40 @@ def segmenter_flags(wc, input):
     return wfc.join_quoted(flags)
 
 
-# ProDA (workflow/rules/proda.smk): each round is a stage with its own rule and --uda name.
-def _proda_wc(wc, k):
-    """Wildcards of round k of the `proda` combo, for the generic segmenter input/flag functions."""
+# Multi-stage methods (ProDA; data in wflib/stages.py, rules in workflow/rules/stages.smk): a stage's job
+# is the generic round of its method (segmenter_input / segmenter_flags) plus what the stage adds.
+def _stage_wc(wc, method, k):
+    """Wildcards of round k of the method's combo, for the generic segmenter input/flag functions."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(pair=wc.pair, uda="proda", translator=wc.translator, k=str(k))
+    return SimpleNamespace(pair=wc.pair, uda=method.uda, translator=wc.translator, k=str(k))
 
 
-def proda_train_input(k=None):
-    """segmenter_input of the round (+ the previous stage's model as `teacher` from round 1 on)."""
+def _stage_k(stage, wc):
+    return wfs.stage_round(stage, wc.get("k") or None)
+
+
+def stage_train_input(method, stage):
+    """segmenter_input of the round (+ the previous round's model as `teacher` for a teacher stage)."""
 
     def inputs(wc):
-        kk = int(wc.k) if k is None else k
-        out = segmenter_input(_proda_wc(wc, kk))
-        if kk >= 1:
-            out["teacher"] = segmenter_ckpt(wc.pair, "proda", wc.translator, kk - 1)
+        k = _stage_k(stage, wc)
+        out = segmenter_input(_stage_wc(wc, method, k))
+        if stage.teacher:
+            out["teacher"] = segmenter_ckpt(wc.pair, method.uda, wc.translator, k - 1)
         return out
 
     return inputs
 
 
-def proda_train_flags(k=None):
-    """segmenter_flags of the round; from round 1 on `uda.proda.teacher` is appended to --cfg-options
+def stage_train_flags(method, stage):
+    """segmenter_flags of the round; a teacher stage appends `<teacher_option>=<teacher>` to --cfg-options
     (segmenter_flags puts --cfg-options, a multi-value option, last)."""
 
     def flags(wc, input):
-        kk = int(wc.k) if k is None else k
-        text = segmenter_flags(_proda_wc(wc, kk), input)
+        text = segmenter_flags(_stage_wc(wc, method, _stage_k(stage, wc)), input)
         if "teacher" in input.keys():
-            item = shlex.quote(f"uda.proda.teacher={input.teacher}")
-            text = f"{text} {item}" if " --cfg-options " in f" {text} " else f"{text} --cfg-options {item}"
+            text = wfs.append_cfg_option(text, shlex.quote(f"{method.teacher_option}={input.teacher}"))
         return text
 
     return flags
@@ -517,14 +548,9 @@ def final_table_input(wc):
 
 
 def uda_stage_name(uda, k):
-    """Name of round k for methods whose rounds are different training stages (ProDA), else ''."""
-    if uda != "proda":
-        return ""
-    if k == 0:
-        return "ProDA warm-up (source CE + LS-GAN output-space adversarial)"
-    if k == 1:
-        return "ProDA stage 1 (prototype-rectified soft pseudo-labels, EMA teacher)"
-    return f"ProDA stage {k} (self-distillation from r{k - 1}, hard pseudo-labels > {PRODA_THRESHOLD})"
+    """Name of round k for methods whose rounds are different training stages (wflib/stages.py), else ''."""
+    method = wfs.METHODS.get(uda)
+    return wfs.stage_title(method, k, STAGE_VALUES[uda]) if method else ""
 
 
 def stage_descriptions(wc, input):
@@ -551,6 +577,76 @@ def stage_descriptions(wc, input):
                 parts.append(f"guided by {guide}")
         out.append("; ".join(parts))
     return out
+
+
+def _final_table_rounds(job, uda, translator):
+    """The round CSVs a final_table job reads (its `rounds` input), in round order."""
+    inputs, csvs = set(map(str, job.input)), []
+    while round_csv(job.wildcards.pair, uda, translator, len(csvs)) in inputs:
+        csvs.append(round_csv(job.wildcards.pair, uda, translator, len(csvs)))
+    return csvs
+
+
+def report_section_errors(dag):
+    """One line per report section the configuration asks a final table for that has no file in the job
+    graph (wflib/report_sections.py; run by report.smk before `snakemake --report` writes the report)."""
+    from snakemake.io import get_flag_value, is_flagged
+
+    category = {}
+    for job in dag.jobs:
+        for f in (*job.output, *job.input):
+            if is_flagged(f, "report"):
+                category[str(f)] = get_flag_value(f, "report").category
+    errors = []
+    for job in sorted(dag.jobs, key=lambda j: str(j.output[0]) if j.output else ""):
+        if job.rule.name != "final_table":
+            continue
+        pair, combo = job.wildcards.pair, job.wildcards.combo
+        uda, translator = combo_parts(combo)
+        rounds = rounds_of(pair, uda)
+        expected = wfrs.final_table_sections(uda, uda_cfg(uda), translator, translator_cfg(translator), rounds["max"])
+        present = {category[str(f)] for f in (*job.input, *job.output) if str(f) in category}
+        missing = wfrs.missing_sections(expected, present)
+        if not missing:
+            continue
+        csvs = _final_table_rounds(job, uda, translator)
+        reason = None
+        if csvs:
+            scores = [_read_metric(path, rounds["metric"]) for path in csvs]
+            reason = decide(len(csvs) - 1, scores, rounds["max"], rounds["min_delta"], uda_cfg(uda)["multi_round"]).reason
+        for section in missing:
+            errors.append(wfrs.message(f"results/{pair}_{combo}.csv", section, expected[section],
+                                       wfrs.why_missing(section, len(csvs), reason)))
+    return errors
+
+
+def report_with_section_check(create_report):
+    """Workflow.create_report that first checks the report's sections on the graph it planned
+    (report_section_errors; one line per missing section, exit 2). Snakemake has no hook between planning
+    and writing a report: its auto_report, looked up when create_report runs, is wrapped for the duration
+    of the call only."""
+
+    def create(*args, **kwargs):
+        import snakemake.report as smreport
+
+        write = smreport.auto_report
+
+        async def checked(dag, *a, **kw):
+            errors = report_section_errors(dag)
+            if errors:
+                if wfc.debug_requested():
+                    raise WorkflowError("\n".join(errors))
+                print("\n".join(errors), file=sys.stderr)
+                raise SystemExit(2)
+            return await write(dag, *a, **kw)
+
+        smreport.auto_report = checked
+        try:
+            return create_report(*args, **kwargs)
+        finally:
+            smreport.auto_report = write
+
+    return create
 
 
 def rounds_param(wc):

@@ -20,14 +20,14 @@ rule comparison:
         html=report(
             "results/{pair}_comparison.html",
             caption="../report/comparison.rst",
-            category="Comparison",
+            category=wfrs.COMPARISON,
             subcategory="{pair}",
             labels={"pair": "{pair}", "figure": "comparison page"},
         ),
         plot=report(
             "results/plots/{pair}_comparison.png",
             caption="../report/comparison.rst",
-            category="Comparison",
+            category=wfrs.COMPARISON,
             subcategory="{pair}",
             labels={"pair": "{pair}", "figure": "mIoU per round and gap closed"},
         ),

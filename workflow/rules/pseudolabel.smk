@@ -6,7 +6,7 @@ rule pseudolabel:
     input:
         unpack(pseudolabel_input),
     output:
-        "data/pseudo/{pair}/{uda}_{translator}/r{k}/meta.json",
+        wfs.PSEUDO,
     params:
         python=PYTHON,
         out=lambda wc, output: os.path.dirname(output[0]),

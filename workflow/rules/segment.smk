@@ -1,6 +1,7 @@
 # Segmenter training (MMSegmentation) of round k on the round's source images (raw or refined),
 # the target, and from round 1 on the previous round's pseudo-labels, initialised from segmenter
-# k-1 (pairs.<pair>.segmenter.init_from_previous).
+# k-1 (pairs.<pair>.segmenter.init_from_previous). The launcher, params, resources, log and shell
+# shared by every training rule: training_params / job_resources (common.smk), wflib/rule_parts.py.
 
 
 rule segmenter_train:
@@ -8,30 +9,20 @@ rule segmenter_train:
     input:
         unpack(segmenter_input),
     output:
-        "results/runs/{pair}/{uda}_{translator}/r{k}/final.pth",
+        wfs.SEGMENTER,
     params:
-        python=PYTHON,
-        launcher=RESUMABLE,
-        train=train_command("segment", "segmenters"),
-        state=SEGMENTER_STATE,
-        arch=lambda wc: pair_cfg(wc.pair)["segmenter"]["arch"],
-        preset=lambda wc: preset_of(wc.pair),
-        out=lambda wc, output: os.path.dirname(output[0]),
+        **training_params("segment", "segmenters", SEGMENTER_STATE),
+        **segmenter_params(),
         flags=segmenter_flags,
         code=CODE["segment"],
     threads: threads_for("segment")
     resources:
-        mem_mb=resource("segment", "mem_mb"),
-        runtime=resource("segment", "runtime"),
-        **training_resources("segment"),
+        **job_resources("segment", training=True),
     log:
-        "logs/{pair}/segment/{uda}_{translator}_r{k}.log",
+        wfr.log_file("segment", "{uda}_{translator}_r{k}"),
     benchmark:
-        "results/benchmarks/{pair}/segment/{uda}_{translator}_r{k}.tsv"
+        wfr.benchmark_file("segment", "{uda}_{translator}_r{k}"),
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
-        " --key-input {input} --"
-        " {params.train} --arch {params.arch} --preset {params.preset} --uda {wildcards.uda}"
-        " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags} > {log} 2>&1"
+        wfr.segmenter_train_shell("{wildcards.uda}")

@@ -53,7 +53,7 @@ rule translation_distortion:
         heatmap=report(
             "results/plots/{pair}/translation/{translator}_distortion.png",
             caption="../report/tables_distortion.rst",
-            category="Tables",
+            category=wfrs.TABLES,
             subcategory="{pair}",
             labels={"table": "translation", "figure": "distortion {translator}"},
         ),
@@ -104,14 +104,14 @@ rule translation_table:
         table=report(
             "results/{pair}_translation_table.csv",
             caption="../report/tables_translation.rst",
-            category="Tables",
+            category=wfrs.TABLES,
             subcategory="{pair}",
             labels={"table": "translation", "figure": "ours ({pair})"},
         ),
         published=report(
             "results/{pair}_translation_published.csv",
             caption="../report/tables_translation_published.rst",
-            category="Tables",
+            category=wfrs.TABLES,
             subcategory="{pair}",
             labels={"table": "translation", "figure": "published (SemST paper)"},
         ),
@@ -142,14 +142,14 @@ rule uda_table:
         table=report(
             "results/{pair}_uda_table.csv",
             caption="../report/tables_uda.rst",
-            category="Tables",
+            category=wfrs.TABLES,
             subcategory="{pair}",
             labels={"table": "UDA", "figure": "ours ({pair})"},
         ),
         published=report(
             "results/{pair}_uda_published.csv",
             caption="../report/tables_uda_published.rst",
-            category="Tables",
+            category=wfrs.TABLES,
             subcategory="{pair}",
             labels={"table": "UDA", "figure": "published (SemST paper)"},
         ),

@@ -2,7 +2,8 @@
 # every UDA method; rounds >= 1 fine-tune it with the previous segmenter's feedback (translators
 # with `feedback: true`) under <pair>/<uda>_<translator>/r<k>/translator/. Guided translators
 # (`guide:`, SPADE) train round 0 with the guide's round-0 segmenter; target_to_source ones (LDR's
-# CycleGAN) swap --source and --target.
+# CycleGAN) swap --source and --target. Shared pieces of every training rule: training_params /
+# job_resources (common.smk), wflib/rule_parts.py.
 
 
 rule translator_train:
@@ -12,30 +13,21 @@ rule translator_train:
     output:
         "results/runs/{pair}/{translator}/r0/final.pt",
     params:
-        python=PYTHON,
-        launcher=RESUMABLE,
-        train=train_command("translate", "translators"),
-        state=TRANSLATOR_STATE,
-        out=lambda wc, output: os.path.dirname(output[0]),
+        **training_params("translate", "translators", TRANSLATOR_STATE),
         flags=lambda wc: translator_flags(wc, 0),
         guide=translator_guide_flags,
         code=translator_r0_code,
     threads: threads_for("translate")
     resources:
-        mem_mb=resource("translate", "mem_mb"),
-        runtime=resource("translate", "runtime"),
-        **training_resources("translate"),
+        **job_resources("translate", training=True),
     log:
-        "logs/{pair}/translate/{translator}_r0.log",
+        wfr.log_file("translate", "{translator}_r0"),
     benchmark:
-        "results/benchmarks/{pair}/translate/{translator}_r0.tsv"
+        wfr.benchmark_file("translate", "{translator}_r0"),
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
-        " --key-input {input} --"
-        " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
-        " --out {params.out} --no-progress {params.guide} {params.flags} > {log} 2>&1"
+        wfr.translator_train_shell("--no-progress {params.guide} {params.flags}")
 
 
 rule translator_finetune:
@@ -45,27 +37,17 @@ rule translator_finetune:
     output:
         "results/runs/{pair}/{uda}_{translator}/r{k}/translator/final.pt",
     params:
-        python=PYTHON,
-        launcher=RESUMABLE,
-        train=train_command("translate", "translators"),
-        state=TRANSLATOR_STATE,
-        out=lambda wc, output: os.path.dirname(output[0]),
+        **training_params("translate", "translators", TRANSLATOR_STATE),
         flags=lambda wc: translator_flags(wc, int(wc.k)),
         code=CODE["translate_feedback"],
     threads: threads_for("translate")
     resources:
-        mem_mb=resource("translate", "mem_mb"),
-        runtime=resource("translate", "runtime"),
-        **training_resources("translate"),
+        **job_resources("translate", training=True),
     log:
-        "logs/{pair}/translate/{uda}_{translator}_r{k}.log",
+        wfr.log_file("translate", "{uda}_{translator}_r{k}"),
     benchmark:
-        "results/benchmarks/{pair}/translate/{uda}_{translator}_r{k}.tsv"
+        wfr.benchmark_file("translate", "{uda}_{translator}_r{k}"),
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
-        " --key-input {input} --"
-        " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
-        " --out {params.out} --init {input.prev} --feedback-segmenter {input.segmenter} --no-progress {params.flags}"
-        " > {log} 2>&1"
+        wfr.translator_train_shell("--init {input.prev} --feedback-segmenter {input.segmenter} --no-progress {params.flags}")
