@@ -238,7 +238,7 @@ def translator_cli_args(method: str, prepared: Path, out: Path, scale: float,
                         extra: Sequence[str] = ()) -> list[str]:
     """``python -m translators train`` arguments: the paper config, 2 iterations, crops x ``scale``;
     ``extra``: more arguments (``--init``, ``--feedback-segmenter``)."""
-    crops = [a for key, size in TRANSLATOR_CLI[method] for a in ("--set", f"data.{key}={scaled_crop(size, scale)}")]
+    crops = ["--cfg-options", *(f"data.{key}={scaled_crop(size, scale)}" for key, size in TRANSLATOR_CLI[method])]
     source, target = ("cityscapes", "gta5") if method == "cyclegan" else ("gta5", "cityscapes")
     return ["-m", "translators", "train", "--config", str(ROOT / "translators/configs" / f"{method}_paper.yaml"),
             "--source", str(prepared / source), "--target", str(prepared / target), "--out", str(out),

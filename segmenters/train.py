@@ -55,6 +55,7 @@ from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import HOOKS  # noqa: E402
 
+from domains.cfg_options import add_cfg_options_argument  # noqa: E402
 from domains.prepared import PreparedDataError, PreparedDataset  # noqa: E402
 
 from . import datasets as seg_datasets  # noqa: E402  (registers PreparedSegDataset, UDADataset)
@@ -355,9 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: the config's init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the newest iter_<n>.pth in --work-dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
-                   help="override config keys (they must exist; a value keeps the kind of the one it replaces), "
-                        "e.g. uda.lambda_adv=1e-4 batch_size=1")
+    add_cfg_options_argument(p, help="override config keys (they must exist; a value keeps the kind of the one it "
+                                     "replaces; typed as mmengine's DictAction reads it, as in `python -m "
+                                     "translators train`), e.g. uda.lambda_adv=1e-4 batch_size=1")
     p.add_argument("--source-split", default="train")
     p.add_argument("--target-split", default="train", help="target split trained on (unlabelled / pseudo / oracle)")
     p.add_argument("--val-split", default="val", help="labelled target split validated on")

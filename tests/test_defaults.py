@@ -7,7 +7,7 @@
   method); a translators/configs/*.yaml key must change what the file loads to, else it repeats them.
 * config/config.yaml, config/pairs/*.yaml and config/experiments/*.yaml set only what differs from the
   schema's defaults (a few paper values are listed on purpose: SHIPPED_ON_PURPOSE).
-* Translator variants (the SemST Table 3 ablations) are ``set:`` entries of config/config.yaml, the form
+* Translator variants (the SemST Table 3 ablations) are ``cfg_options:`` entries of config/config.yaml, the form
   the workflow runs; translators/configs holds one file per method and preset.
 * Values shared across components have one definition that the others read: ``--feedback-weight``
   (translators.config.FEEDBACK_WEIGHT), ProDA's pseudo-label threshold (ProDAConfig.threshold), the
@@ -256,20 +256,23 @@ def _without(data: dict, key: str) -> dict:
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_translator_yaml_lists_only_what_differs(path):
+def test_translator_yaml_lists_only_what_differs(path, tmp_path):
     """Every key of a translator YAML changes what it loads to: a key equal to the dataclass default
-    (with the method's METHOD_DEFAULTS) or, for a ``_base_`` file, to the base's value repeats it."""
+    (with the method's METHOD_DEFAULTS) or, for a ``_base_`` file, to the base's value repeats it.
+    Each variant without one key is written beside a copy of the configs and loaded as the file is
+    (mmengine's reader, ``_base_`` chain included)."""
     own = yaml.safe_load(path.read_text())
-    base_name = own.pop("_base_", None)
-    base = tconfig._read_yaml(path.parent / base_name) if base_name else {}
-    full = tconfig.TranslatorConfig.from_dict(tconfig._deep_update(base, own), source=str(path)).to_dict()
+    shutil.copytree(CONFIGS, tmp_path, dirs_exist_ok=True)  # the _base_ files, by their relative names
+    full = tconfig.load_config(path).to_dict()
     repeated = []
     for key in _leaves(own):
-        if key == "method":
+        if key in ("method", "_base_"):
             continue
-        data = tconfig._deep_update(base, _without(own, key))
+        data = _without(own, key)
         data.setdefault("method", full["method"])
-        if tconfig.TranslatorConfig.from_dict(data).to_dict() == full:
+        variant = tmp_path / f"without_{key}_{path.name}"
+        variant.write_text(yaml.safe_dump(data))
+        if tconfig.load_config(variant).to_dict() == full:
             repeated.append(key)
     assert not repeated, (f"{path.name} repeats defaults (translators/config.py or its _base_): {repeated}; "
                           "delete them from the YAML")
@@ -404,13 +407,13 @@ def test_literal_default_reads_only_literals(tmp_path):
 # ---------------------------------------------------------------- names that must agree
 def test_translator_variants_are_config_entries_only():
     """translators/configs holds one config per method and preset (the --config of the workflow's jobs);
-    variants such as the SemST Table 3 ablations are ``translators.<name>.set`` entries of
+    variants such as the SemST Table 3 ablations are ``translators.<name>.cfg_options`` entries of
     config/config.yaml (what the DAG runs), never a second YAML."""
     presets = SCHEMA["$defs"]["pair"]["properties"]["preset"]["enum"]
     expected = {f"{method}_{preset}.yaml" for method in tconfig.METHODS for preset in presets}
     assert {p.name for p in CONFIGS.glob("*.yaml")} == expected
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    ablations = {name for name, spec in config["translators"].items() if spec.get("set")}
+    ablations = {name for name, spec in config["translators"].items() if spec.get("cfg_options")}
     assert {"semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1", "semst_ts2"} <= ablations
 
 
@@ -443,15 +446,73 @@ def test_segmenter_arch_and_preset_choices_agree():
     assert list(actions["preset"].choices) == list(configs.PRESETS)
 
 
+#: the same --cfg-options text, one per kind of value, at a segmenter key and a translator key of that kind
+SAME_TEXT = [("7", 7, "max_iters", "train.iters"), ("1e-4", 1e-4, "optim_wrapper.optimizer.lr", "train.lr"),
+             ("0.5", 0.5, "uda.lambda_pseudo", "loss.lambda_TS"), ("false", False, "amp", "data.flip"),
+             ("True", True, "amp", "data.flip"), ("None", None, "init_from", "refine.tile"),
+             ("[64,128]", [64, 128], "crop_size", "loss.nce_layers"),
+             ("[0, 4]", [0, 4], "crop_size", "loss.nce_layers"),
+             ("cpu", "cpu", "init_from", "train.device"), ("'cpu'", "cpu", "init_from", "train.device")]
+
+
+def test_both_stage_clis_read_cfg_options_alike():
+    """One override syntax: `segmenters train` and `translators train|config` declare --cfg-options alike
+    (KEY=VALUE ..., repeatable) and type each value alike (domains/cfg_options.py, mmengine's DictAction):
+    int, float, bool, None, list and string give the same Python value in both configs."""
+    from domains import cfg_options
+    from segmenters.configs import load_config as load_segmenter_config
+    from segmenters.train import build_parser
+    from translators.__main__ import _parser
+
+    seg_argv = ["--arch", "fcn8s", "--uda", "bdl", "--source", "s", "--target", "t", "--work-dir", "w"]
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    items = [f"{seg}={text}" for text, _, seg, _ in SAME_TEXT]
+    for parser, argv in ((build_parser(), seg_argv), (sub.choices["train"], ["--config", "c", "--out", "o"]),
+                         (sub.choices["config"], ["--config", "c"])):
+        action = next(a for a in parser._actions if "--cfg-options" in a.option_strings)
+        assert (action.dest, action.nargs, action.metavar) == ("cfg_options", "+", "KEY=VALUE")
+        args = parser.parse_args([*argv, "--cfg-options", *items[:2], "--cfg-options", *items[2:]])
+        assert args.cfg_options == items  # repeated flags add up, in order
+        assert parser.parse_args(argv).cfg_options is None
+    for text, want, seg_key, tr_key in SAME_TEXT:
+        assert cfg_options.parse_cfg_options([f"k={text}"]) == {"k": want}
+        seg = load_segmenter_config("deeplabv2", "tiny", [f"{seg_key}={text}"]).to_dict()
+        for part in seg_key.split("."):
+            seg = seg[part]
+        tr = tconfig.load_config(CONFIGS / "cut_tiny.yaml", [f"{tr_key}={text}"]).get(tr_key)
+        assert seg == want and type(seg) is type(want), (text, seg_key, seg)
+        assert tr == want and type(tr) is type(want), (text, tr_key, tr)
+
+
+def test_translators_set_is_a_deprecated_alias_of_cfg_options(capsys, caplog):
+    """Old command lines keep working: --set KEY=VALUE (hidden from --help) joins --cfg-options, with one warning."""
+    from translators.__main__ import _parser, main
+
+    path = str(REPO / "translators/configs/semst_paper.yaml")
+    assert main(["config", "--config", path, "--cfg-options", "train.iters=7", "semst.multiscale=false"]) == 0
+    new = capsys.readouterr().out
+    with caplog.at_level("WARNING"):
+        assert main(["config", "--config", path, "--set", "train.iters=7", "--set", "semst.multiscale=false"]) == 0
+    assert capsys.readouterr().out == new
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "--set is deprecated, use --cfg-options" in warnings[0], warnings
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, required in (("train", ["--config", "c", "--out", "o"]), ("config", ["--config", "c"])):
+        parser = sub.choices[name]
+        assert "--set" not in parser.format_help() and "--cfg-options" in parser.format_help()
+        args = parser.parse_args([*required, "--set", "a=1", "--cfg-options", "b=2", "c=3", "--set", "d=4"])
+        assert args.cfg_options == ["a=1", "b=2", "c=3", "d=4"] and args.deprecated_set  # in command-line order
+
+
 def test_translators_config_prints_the_resolved_config(capsys):
     """The YAMLs list only differences; `python -m translators config` shows everything a run uses."""
     from translators.__main__ import main
     from translators.config import load_config
 
     path = str(REPO / "translators/configs/semst_paper.yaml")
-    assert main(["config", "--config", path, "--set", "train.iters=7"]) == 0
+    assert main(["config", "--config", path, "--cfg-options", "train.iters=7"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown == load_config(path, ["train.iters=7"]).to_dict()
     assert (shown["loss"]["lambda_TS"], shown["loss"]["contrastive"], shown["data"]["global_crop"],
             shown["train"]["iters"]) == (2.0, "hdce", 512, 7)          # SemST's paper settings + the override
-    assert main(["config", "--config", path, "--set", "loss.lambda_TZ=1"]) == 2
+    assert main(["config", "--config", path, "--cfg-options", "loss.lambda_TZ=1"]) == 2

@@ -354,7 +354,7 @@ def test_guide_gpu_configs_request_the_gpus(fake_tree):
     translators = {("cyclegan" if "cyclegan_paper" in b else "semst"): b for b in blocks["translator_train"]}
     for block in translators.values():
         assert "--nproc_per_node 4 -m translators train --launcher pytorch" in block
-    assert "--set train.batch_size=1" in translators["cyclegan"] and "batch_size" not in translators["semst"]
+    assert "--cfg-options train.batch_size=1" in translators["cyclegan"] and "batch_size" not in translators["semst"]
     blocks = paper_plan.job_blocks(plan("--profile", "profiles/slurm", "--configfile", "config/config.yaml",
                                         "config/experiments/paper_slurm_2nodes.yaml"))
     seg = blocks["segmenter_train"][0]

@@ -275,9 +275,7 @@ def _cli_train(config: str, source: Path, target: Path, out: Path, *extra: str) 
 
     args = ["train", "--config", str(CONFIGS / config), "--source", str(source), "--target", str(target),
             "--out", str(out), "--no-progress", "--device", "cpu"]
-    for item in TINY_SET:
-        args += ["--set", item]
-    return main(args + list(extra))
+    return main(args + ["--cfg-options", *TINY_SET] + list(extra))
 
 
 def _cli_refine(ckpt: Path, source: Path, out: Path) -> int:
@@ -291,9 +289,9 @@ def test_cli_train_and_refine_spade(tiny_prepared, guide_segmenter, tmp_path):
     assert "spade" in tconfig.METHODS
     src, tgt = tiny_prepared["source"], tiny_prepared["target"]
     run = tmp_path / "spade"
-    assert _cli_train("spade_tiny.yaml", src, tgt, run, "--set", "spade.n_res=1", "--set", "spade.spade_hidden=8") == 2
+    assert _cli_train("spade_tiny.yaml", src, tgt, run, "--cfg-options", "spade.n_res=1", "spade.spade_hidden=8") == 2
     assert not (run / "final.pt").exists()                              # no segmenter: clear error, exit 2
-    assert _cli_train("spade_tiny.yaml", src, tgt, run, "--set", "spade.n_res=1", "--set", "spade.spade_hidden=8",
+    assert _cli_train("spade_tiny.yaml", src, tgt, run, "--cfg-options", "spade.n_res=1", "spade.spade_hidden=8",
                       "--feedback-segmenter", str(guide_segmenter)) == 0
     assert (run / "final.pt").is_file() and "SCE" in (run / "losses.csv").read_text()
     assert _cli_refine(run / "final.pt", src, tmp_path / "refined") == 0

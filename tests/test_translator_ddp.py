@@ -265,8 +265,7 @@ def ddp_runs(tiny_prepared, tmp_path_factory) -> dict[str, Path]:
         args = ["train", "--config", str(CONFIGS / "semst_tiny.yaml"), "--source", str(tiny_prepared["source"]),
                 "--target", str(tiny_prepared["target"]), "--out", str(out), "--no-progress", "--device", "cpu",
                 "--seed", "3", "--iters", "10"]
-        for item in TINY + ["train.save_every=4", "train.log_every=1", "train.sample_every=5"]:
-            args += ["--set", item]
+        args += ["--cfg-options", *TINY, "train.save_every=4", "train.log_every=1", "train.sample_every=5"]
         return args + list(extra)
 
     with pytest.raises(ProcessException):

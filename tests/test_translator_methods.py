@@ -29,9 +29,9 @@ def tiny(method: str, *extra: str) -> TranslatorConfig:
 
 
 def dag_variants(pair: str = "gta2cs") -> dict[str, tuple[Path, list[str]]]:
-    """The translator variants of config/config.yaml (SemST Table 3 ablations: ``translators.<name>.set``),
+    """The translator variants of config/config.yaml (SemST Table 3 ablations: ``translators.<name>.cfg_options``),
     as the workflow's jobs load them for ``pair`` (a paper-preset pair by default): ``--config`` and the
-    ``--set`` items, built by wflib as common.smk builds them. The ablations are defined there only."""
+    ``--cfg-options`` items, built by wflib as common.smk builds them. The ablations are defined there only."""
     import yaml
 
     sys.path.append(str(REPO / "workflow" / "lib"))
@@ -44,8 +44,8 @@ def dag_variants(pair: str = "gta2cs") -> dict[str, tuple[Path, list[str]]]:
     wfschema.fill_defaults(config)
     preset = config["pairs"][pair]["preset"]
     return {name: (wfv.translator_config_path(REPO, spec["method"], preset),
-                   wfv.set_items(wfv.translator_overrides(config, pair, name)))
-            for name, spec in config["translators"].items() if spec["set"]}
+                   wfv.cfg_option_items(wfv.translator_overrides(config, pair, name)))
+            for name, spec in config["translators"].items() if spec["cfg_options"]}
 
 
 #: the SemST ablations whose config differs from semst_paper.yaml (semst_ts2 sets SemST's default 2)
@@ -69,7 +69,75 @@ def test_unknown_config_key_is_named(tmp_path):
     assert cfg.train.lr == 1e-4 and cfg.loss.nce_layers == [0, 4]
 
 
-#: the CUT and SemST preset files, and the SemST ablations as the workflow runs them: id -> (--config, --set items)
+def test_base_files_are_read_by_mmengine_with_its_merge_rules(tmp_path):
+    """``_base_`` as mmengine.Config merges it (the segmenters' configs too): nested sections key by key,
+    lists and null replaced as a whole, ``_delete_: true`` replacing a section (its other keys: defaults)."""
+    (tmp_path / "base.yaml").write_text("method: semst\nmodel: {ngf: 16, ndf: 16}\n"
+                                        "loss: {nce_layers: [0, 4, 8], lambda_TS: 1.0}\ndata: {resize_short: 512}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel: {ngf: 8}\nloss: {nce_layers: [1]}\n"
+                                         "data: {resize_short: null}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.method, cfg.model.ngf, cfg.model.ndf) == ("semst", 8, 16)
+    assert cfg.loss.nce_layers == [1] and cfg.loss.lambda_TS == 1.0 and cfg.data.resize_short is None
+    (tmp_path / "delete.yaml").write_text("_base_: base.yaml\nmodel: {_delete_: true, ngf: 4}\n")
+    cfg = load_config(tmp_path / "delete.yaml")
+    assert (cfg.model.ngf, cfg.model.ndf, cfg.loss.lambda_TS) == (4, TranslatorConfig().model.ndf, 1.0)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "config file {dir}/top.yaml not found"),
+    ({"top.yaml": "_base_: nope.yaml\n"},
+     "config file {dir}/top.yaml: its _base_ file \"{dir}/nope.yaml\" does not exist"),
+    ({"top.yaml": "_base_: other.yaml\n", "other.yaml": "_base_: top.yaml\n"},
+     "config file {dir}/top.yaml: _base_ cycle"),
+    ({"top.yaml": "model: {ngf: [1\n"}, "config file {dir}/top.yaml (or a _base_ file it names) is not valid YAML"),
+    ({"top.yaml": "- 1\n- 2\n"}, "config file {dir}/top.yaml (or a _base_ file it names) must hold a mapping"),
+], ids=["missing", "missing_base", "base_cycle", "bad_yaml", "not_a_mapping"])
+def test_unreadable_config_files_are_named(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "top.yaml")
+    assert str(info.value).startswith(message.format(dir=tmp_path)), str(info.value)
+
+
+@pytest.mark.parametrize("item, key, want", [
+    ("train.iters=7", "train.iters", 7), ("train.iters=1e3", "train.iters", 1000),
+    ("train.lr=1e-4", "train.lr", 1e-4), ("loss.lambda_TS=1", "loss.lambda_TS", 1.0),
+    ("data.flip=false", "data.flip", False), ("data.flip=False", "data.flip", False),
+    ("data.flip=off", "data.flip", False),
+    ("data.flip=yes", "data.flip", True), ("train.cpu_amp=on", "train.cpu_amp", True),
+    ("train.cpu_amp=auto", "train.cpu_amp", "auto"),
+    ("refine.tile=None", "refine.tile", None), ("refine.tile=null", "refine.tile", None),
+    ("refine.tile=~", "refine.tile", None), ("refine.tile=", "refine.tile", None),
+    ("loss.nce_layers=[0,4]", "loss.nce_layers", [0, 4]), ("loss.nce_layers=[0, 4]", "loss.nce_layers", [0, 4]),
+    ("loss.nce_layers=0,4", "loss.nce_layers", [0, 4]), ("loss.nce_layers=(0,4)", "loss.nce_layers", [0, 4]),
+    ("semst.gan_on=fused", "semst.gan_on", ["fused"]),
+    ("semst.gan_on=[fused,'local']", "semst.gan_on", ["fused", "local"]),
+    ("loss.contrastive=patchnce", "loss.contrastive", "patchnce"),
+    ("loss.contrastive='patchnce'", "loss.contrastive", "patchnce"),
+])
+def test_cfg_options_are_typed_then_converted_to_the_field_type(item, key, want):
+    """DictAction types the value (domains/cfg_options.py); the field's type converts it. YAML's spellings
+    that the former --set read (on/off, yes/no, null, ~, nothing) keep their meaning."""
+    got = load_config(CONFIGS / "semst_tiny.yaml", [item]).get(key)
+    assert got == want and type(got) is type(want), (item, got)
+
+
+def test_bad_cfg_options_items_are_named():
+    with pytest.raises(ConfigError, match=r"--cfg-options item 'train.iters' is not key=value"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["train.iters"])
+    with pytest.raises(ConfigError, match=r"--cfg-options item 'loss.nce_layers=\[0,4': .*[Ii]mbalanced"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["loss.nce_layers=[0,4"])
+    with pytest.raises(ConfigError, match=r"'data.flip' must be true/false, got 1"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["data.flip=1"])
+    with pytest.raises(ConfigError, match=r"'refine.tile' must be an integer, got 'none'"):
+        load_config(CONFIGS / "cut_tiny.yaml", ["refine.tile=none"])
+    assert load_config(CONFIGS / "cut_tiny.yaml", {"train.iters": 9, "refine.tile": None}).train.iters == 9  # a mapping
+
+
+#: the CUT and SemST preset files, and the SemST ablations as the workflow runs them:
+#: id -> (--config, --cfg-options items)
 BUILD_CASES = {**{p.stem: (p, []) for p in sorted([*CONFIGS.glob("cut_*.yaml"), *CONFIGS.glob("semst_*.yaml")])},
                **ABLATIONS}
 
@@ -87,7 +155,8 @@ def test_every_config_builds(path, overrides):
 
 
 def test_semst_ablation_configs():
-    """SemST Table 3's ablations are the config/config.yaml translators the workflow runs (--set over semst_paper)."""
+    """SemST Table 3's ablations are the config/config.yaml translators the workflow runs (--cfg-options
+    over semst_paper)."""
     cfgs = {name: load_config(*job) for name, job in dag_variants().items()}
     assert set(ABLATIONS) == {"semst_noms", "semst_nohdce", "semst_ts0", "semst_ts1"}
     assert cfgs["semst_noms"].semst.multiscale is False
@@ -424,7 +493,7 @@ def test_cpu_amp_setting_is_validated_and_resolved():
     assert resolve_cpu_amp("on") and not resolve_cpu_amp("off")
     assert resolve_cpu_amp("auto") == cpu_has_native_bf16()
     for text, want in (("off", False), ("on", True), ("false", False), ("true", True), ("auto", cpu_has_native_bf16())):
-        # YAML (and so --set) reads a bare on/off as a boolean: every spelling must work
+        # on/off (YAML's booleans, as the former --set read them) and true/false: every spelling must work
         assert resolve_cpu_amp(tiny("cut", f"train.cpu_amp={text}").train.cpu_amp) == want, text
     method = build_method(tiny("cut"))
     assert not method.setup(torch.device("cpu")).amp_enabled          # inference/refine: float32

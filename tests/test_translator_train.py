@@ -29,10 +29,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def set_args(*extra: str) -> list[str]:
-    out = []
-    for item in TINY + list(extra):
-        out += ["--set", item]
-    return out
+    return ["--cfg-options", *TINY, *extra]
 
 
 def test_semst_tiny_training_lowers_contrastive_loss(tiny_prepared, tmp_path):
@@ -145,9 +142,9 @@ def test_nan_loss_stops_keeps_last_good_checkpoint(tiny_prepared, tmp_path, monk
 def test_bad_inputs_give_clear_errors(tiny_prepared, tmp_path, caplog):
     src, tgt = str(tiny_prepared["source"]), str(tiny_prepared["target"])
     base = ["train", "--source", src, "--target", tgt, "--no-progress"]
-    # unknown --set key
+    # unknown --cfg-options key
     assert main([*base, "--config", str(CONFIGS / "cut_tiny.yaml"), "--out", str(tmp_path / "x"),
-                 "--set", "loss.lambda_gan=2"]) == 2
+                 "--cfg-options", "loss.lambda_gan=2"]) == 2
     assert "unknown config key 'loss.lambda_gan'" in caplog.text
     # empty domain folder
     empty = tmp_path / "empty"

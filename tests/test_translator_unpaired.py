@@ -68,7 +68,7 @@ def test_cli_refuses_missing_folders_and_mixed_flags(maps_root, tmp_path, caplog
 
 def test_train_on_unpaired_root_refine_test_split_and_score_maps(maps_root, tmp_path):
     run = tmp_path / "run"
-    common = ["--config", CUT_TINY, "--iters", "2", "--no-progress", "--set", "train.sample_every=1000",
+    common = ["--config", CUT_TINY, "--iters", "2", "--no-progress", "--cfg-options", "train.sample_every=1000",
               "--device", "cpu"]
     assert translators_main(["train", "--unpaired-root", str(maps_root), "--out", str(run), *common]) == 0
     assert (run / "final.pt").is_file()

@@ -52,7 +52,7 @@ def test_two_iteration_run_of_every_row(tmp_path):
     experiment = yaml.safe_load(minicity_uda.EXPERIMENT.read_text())
     experiment["pairs"] = {"minibench": {
         "minicity": {"args": {"n_source": 6, "n_train": 4, "n_val": 3}},
-        "translator": {"iters": 2, "round_iters": 1, "set": {"train.save_every": 1, "train.sample_every": 2}},
+        "translator": {"iters": 2, "round_iters": 1, "cfg_options": {"train.save_every": 1, "train.sample_every": 2}},
         "segmenter": {"max_iters": 2, "round_iters": 2},
         "rounds": {"max": 1, "min_delta": -1.0}}}   # round 1 always runs, then the cap stops it
     small = tmp_path / "small.yaml"

@@ -177,8 +177,9 @@ def test_pair_overrides_merge_over_files(tmp_path):
 
 
 def test_flag_formatting():
-    assert wfc.format_sets({"loss.lambda_TS": 0.0, "semst.multiscale": False}) == ["loss.lambda_TS=0.0",
-                                                                                   "semst.multiscale=false"]
+    assert wfc.format_cfg_options({"loss.lambda_TS": 0.0, "semst.multiscale": False, "init_from": None,
+                                   "loss.nce_layers": [0, 4]}) == [
+        "loss.lambda_TS=0.0", "semst.multiscale=false", "init_from=None", "loss.nce_layers=[0, 4]"]
     assert wfc.cli_flags({"n_source": 4, "source_size": "1914x1052", "fast": True, "slow": False}) == [
         "--n-source", "4", "--source-size", "1914x1052", "--fast"]
 

@@ -41,7 +41,7 @@ def env(tmp_path_factory) -> dict:
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["pairs"] = {"minicity": {
         "minicity": {"args": {"n_source": 8, "n_train": 6, "n_val": 4}},
-        "translator": {"iters": 10, "set": {"train.save_every": 2, "train.log_every": 1}},
+        "translator": {"iters": 10, "cfg_options": {"train.save_every": 2, "train.log_every": 1}},
         "segmenter": {"max_iters": 6, "round_iters": 4, "val_interval": 1000},
         # min_delta 100 mIoU points: round 1 can never gain that much, so the loop must stop after it
         "rounds": {"max": 3, "min_delta": 100.0}}}

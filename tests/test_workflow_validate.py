@@ -1,7 +1,7 @@
 """Plan-time checks of the overrides the jobs get (issue #15 point 3; workflow/lib/wflib/validate.py).
 
-A translator's ``--set`` (``pairs.<pair>.translator.set``, ``translators.<t>.set``) and a segmenter's
-``--cfg-options`` (``pairs.<pair>.segmenter.cfg_options``, ``uda.<u>.cfg_options``) are handed to the
+A translator's ``--cfg-options`` (``pairs.<pair>.translator.cfg_options``, ``translators.<t>.cfg_options``)
+and a segmenter's (``pairs.<pair>.segmenter.cfg_options``, ``uda.<u>.cfg_options``) are handed to the
 loaders the jobs use; an unknown or ill-typed key stops ``snakemake -n`` with exit 2 and one line
 naming the config key, before any job. Unit tests of the pure functions, then Snakemake itself.
 """
@@ -47,14 +47,16 @@ def refusal(*overlays: dict) -> str:
 
 # ---------------------------------------------------------------- what the jobs get
 def test_overrides_are_merged_as_the_rules_pass_them():
-    config = workflow_config({"pairs": {"minicity": {"translator": {"set": {"train.lr": 1e-4, "loss.lambda_TS": 0.5}},
+    config = workflow_config({"pairs": {"minicity": {"translator": {"cfg_options": {"train.lr": 1e-4,
+                                                                                     "loss.lambda_TS": 0.5}},
                                                      "segmenter": {"cfg_options": {"init_from": None}}}},
-                              "translators": {"semst": {"set": {"loss.lambda_TS": 1.0}}},
+                              "translators": {"semst": {"cfg_options": {"loss.lambda_TS": 1.0}}},
                               "uda": {"bdl": {"cfg_options": {"optim_wrapper.optimizer.lr": 0.02}}}})
     sets = wfv.translator_overrides(config, "minicity", "semst")
     assert [(o.key, o.value, o.origin) for o in sets] == [
-        ("train.lr", 1e-4, "pairs.minicity.translator.set"), ("loss.lambda_TS", 1.0, "translators.semst.set")]
-    assert wfv.set_items(sets) == ["train.lr=0.0001", "loss.lambda_TS=1.0"]
+        ("train.lr", 1e-4, "pairs.minicity.translator.cfg_options"),
+        ("loss.lambda_TS", 1.0, "translators.semst.cfg_options")]
+    assert wfv.cfg_option_items(sets) == ["train.lr=0.0001", "loss.lambda_TS=1.0"]
     options = wfv.segmenter_overrides(config, "minicity", "bdl")
     # the pair file's optim_wrapper.optimizer.lr keeps its place and takes the method's value
     assert [o.origin for o in options] == ["uda.bdl.cfg_options", "pairs.minicity.segmenter.cfg_options"]
@@ -72,11 +74,12 @@ def test_every_shipped_config_validates(overlay):
 
 def test_valid_overrides_pass():
     wfv.check_overrides(workflow_config(
-        {"pairs": {"minicity": {"translator": {"set": {"train.lr": 1e-4, "semst.gan_on": ["fused", "local"]}},
+        {"pairs": {"minicity": {"translator": {"cfg_options": {"train.lr": 1e-4, "semst.gan_on": ["fused", "local"]}},
                                 "segmenter": {"cfg_options": {"uda.lambda_adv": 1e-4, "crop_size": [64, 128],
                                                               "amp": False, "param_scheduler.0.power": 1}}},
                    "gta2cs": {"segmenter": {"cfg_options": {"init_from": None}}}},
-         "translators": {"semst": {"set": {"loss.lambda_TS": 1, "refine.tile": None, "loss.nce_layers": [0, 4]}}},
+         "translators": {"semst": {"cfg_options": {"loss.lambda_TS": 1, "refine.tile": None,
+                                                   "loss.nce_layers": [0, 4]}}},
          "uda": {"bdl": {"cfg_options": {"uda.lambda_pseudo": 0.8}}}},
     ), REPO)
     # a key only the tiny preset has is fine for a tiny pair, and refused where a paper pair would get it
@@ -87,16 +90,17 @@ def test_valid_overrides_pass():
 
 # ---------------------------------------------------------------- refused, naming the config key
 @pytest.mark.parametrize("overlay, names", [
-    ({"translators": {"semst": {"set": {"loss.lambda_TZ": 1.0}}}},
-     ["translators.semst.set: loss.lambda_TZ=1.0", "unknown config key 'loss.lambda_TZ'",
+    ({"translators": {"semst": {"cfg_options": {"loss.lambda_TZ": 1.0}}}},
+     ["translators.semst.cfg_options: loss.lambda_TZ=1.0", "unknown config key 'loss.lambda_TZ'",
       "did you mean 'loss.lambda_TS'", "translators/configs/semst_"]),
-    ({"translators": {"semst": {"set": {"loss.lambda_TS": "high"}}}},
-     ["translators.semst.set: loss.lambda_TS=high", "'loss.lambda_TS' must be a number"]),
-    ({"translators": {"semst_noms": {"set": {"semst": 1}}}}, ["translators.semst_noms.set: semst=1", "is a section"]),
-    ({"pairs": {"minicity": {"translator": {"set": {"train.iterz": 5}}}}},
-     ["pairs.minicity.translator.set: train.iterz=5", "did you mean 'train.iters'", "pair 'minicity'"]),
-    ({"pairs": {"minicity": {"translator": {"set": {"data.flip": "maybe"}}}}},
-     ["pairs.minicity.translator.set: data.flip=maybe", "must be true/false"]),
+    ({"translators": {"semst": {"cfg_options": {"loss.lambda_TS": "high"}}}},
+     ["translators.semst.cfg_options: loss.lambda_TS=high", "'loss.lambda_TS' must be a number"]),
+    ({"translators": {"semst_noms": {"cfg_options": {"semst": 1}}}},
+     ["translators.semst_noms.cfg_options: semst=1", "is a section"]),
+    ({"pairs": {"minicity": {"translator": {"cfg_options": {"train.iterz": 5}}}}},
+     ["pairs.minicity.translator.cfg_options: train.iterz=5", "did you mean 'train.iters'", "pair 'minicity'"]),
+    ({"pairs": {"minicity": {"translator": {"cfg_options": {"data.flip": "maybe"}}}}},
+     ["pairs.minicity.translator.cfg_options: data.flip=maybe", "must be true/false"]),
     ({"pairs": {"minicity": {"segmenter": {"cfg_options": {"uda.lambda_advv": 0.001}}}}},
      ["pairs.minicity.segmenter.cfg_options: uda.lambda_advv=0.001", "'lambda_advv' is not a key of uda",
       "did you mean 'uda.lambda_adv'", "deeplabv2_r101_tiny.py"]),
@@ -108,8 +112,9 @@ def test_valid_overrides_pass():
      ["uda.bdl.cfg_options: uda.lambda_adv=abc", "must be a number"]),
     ({"uda": {"sepico": {"cfg_options": {"uda.sepico": {"alpha": 0.9}}}}},
      ["uda.sepico.cfg_options: uda.sepico={alpha: 0.9}", "must be a dict", "write dotted keys"]),
-], ids=["translator_unknown", "translator_ill_typed", "translator_section", "pair_set_unknown", "pair_set_ill_typed",
-        "pair_cfg_unknown", "pair_cfg_ill_typed", "uda_cfg_unknown", "uda_cfg_ill_typed", "uda_cfg_dict_value"])
+], ids=["translator_unknown", "translator_ill_typed", "translator_section", "pair_translator_unknown",
+        "pair_translator_ill_typed", "pair_cfg_unknown", "pair_cfg_ill_typed", "uda_cfg_unknown", "uda_cfg_ill_typed",
+        "uda_cfg_dict_value"])
 def test_bad_overrides_are_refused_naming_the_config_key(overlay, names):
     message = refusal(overlay)
     assert "\n" not in message
@@ -118,17 +123,36 @@ def test_bad_overrides_are_refused_naming_the_config_key(overlay, names):
 
 
 def test_the_refused_override_is_the_one_named_when_several_are_given():
-    message = refusal({"pairs": {"minicity": {"translator": {"set": {"train.lr": 1e-4}},
+    message = refusal({"pairs": {"minicity": {"translator": {"cfg_options": {"train.lr": 1e-4}},
                                               "segmenter": {"cfg_options": {"amp": 1}}}},
-                       "translators": {"semst": {"set": {"loss.lambda_TS": 1.0, "semst.multiscal": False}}}})
-    assert message.startswith("translators.semst.set: semst.multiscal=false: "), message
+                       "translators": {"semst": {"cfg_options": {"loss.lambda_TS": 1.0, "semst.multiscal": False}}}})
+    assert message.startswith("translators.semst.cfg_options: semst.multiscal=false: "), message
     message = refusal({"pairs": {"minicity": {"segmenter": {"cfg_options": {"amp": 1}}}}})
     assert message.startswith("pairs.minicity.segmenter.cfg_options: amp=1: ") and "must be true/false" in message
 
 
+@pytest.mark.parametrize("overlay, section", [
+    ({"translators": {"semst": {"set": {"loss.lambda_TS": 1.0}}}}, "translators.semst"),
+    ({"pairs": {"minicity": {"translator": {"set": {"train.iters": 5}}}}}, "pairs.minicity.translator"),
+], ids=["translators", "pair_translator"])
+def test_the_former_set_key_is_refused_naming_its_new_name(overlay, section):
+    """``set`` (the translators' former --set) was renamed ``cfg_options``: one line says so."""
+    import jsonschema
+    from snakemake.utils import update_config
+    from wflib import schema as wfschema
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    update_config(config, copy.deepcopy(overlay))
+    wfc.load_pairs(config, REPO, REPO)
+    with pytest.raises(jsonschema.ValidationError) as info:
+        wfschema.fill_defaults(config)
+    assert wfc.schema_error_message(info.value) == (f"config key '{section}.set' was renamed to 'cfg_options': "
+                                                    f"write '{section}.cfg_options' (the same entries)")
+
+
 def test_translators_none_and_planned_methods_are_not_checked():
-    wfv.check_overrides(workflow_config({"translators": {"none": {"set": {"no.such": 1}},
-                                                         "cut": {"status": "planned", "set": {"no.such": 1}}},
+    wfv.check_overrides(workflow_config({"translators": {"none": {"cfg_options": {"no.such": 1}},
+                                                         "cut": {"status": "planned", "cfg_options": {"no.such": 1}}},
                                          "uda": {"bdl": {"status": "planned", "cfg_options": {"no.such": 1}}}}), REPO)
 
 
@@ -180,11 +204,14 @@ def _config_file(tmp_path: Path, overlay: dict) -> Path:
 
 
 @pytest.mark.parametrize("overlay, key", [
-    ({"translators": {"semst": {"set": {"loss.lambda_TZ": 1.0}}}}, "translators.semst.set: loss.lambda_TZ"),
+    ({"translators": {"semst": {"cfg_options": {"loss.lambda_TZ": 1.0}}}},
+     "translators.semst.cfg_options: loss.lambda_TZ"),
     ({"pairs": {"minicity": {"segmenter": {"cfg_options": {"uda.lambda_advv": 0.001}}}}},
      "pairs.minicity.segmenter.cfg_options: uda.lambda_advv"),
     ({"uda": {"bdl": {"cfg_options": {"uda.lambda_adv": "abc"}}}}, "uda.bdl.cfg_options: uda.lambda_adv=abc"),
-], ids=["translator_set_typo", "pair_cfg_options_typo", "uda_cfg_options_ill_typed"])
+    ({"translators": {"semst": {"set": {"loss.lambda_TS": 1.0}}}},
+     "config key 'translators.semst.set' was renamed to 'cfg_options': write 'translators.semst.cfg_options'"),
+], ids=["translator_cfg_options_typo", "pair_cfg_options_typo", "uda_cfg_options_ill_typed", "translator_former_set"])
 def test_snakemake_dry_run_stops_on_a_bad_override(tmp_path, overlay, key):
     work = tmp_path / "work"
     work.mkdir()

@@ -1,5 +1,9 @@
 """Command line: ``python -m translators {train,refine} ...`` (see docs/cli.md / --help).
 
+Config overrides: ``--cfg-options KEY=VALUE [KEY=VALUE ...]``, the flag and value typing of ``python -m
+segmenters train`` (domains/cfg_options.py); ``--set KEY=VALUE`` (repeatable), its former name, still
+works, with a warning.
+
 Exit codes: 0 ok, 2 bad input (config, data, checkpoint; one message naming the file or key, see
 docs/errors.md), 3 training diverged (NaN/Inf loss). ``--debug`` (or ``SEMST_DEBUG=1``) shows the
 traceback of an error instead.
@@ -10,6 +14,7 @@ import argparse
 import logging
 import sys
 
+from domains.cfg_options import add_cfg_options_argument
 from domains.errors import DEBUG_ENV, debug_enabled, short_message
 from domains.launcher import LAUNCHERS
 from translators.checkpoint import CheckpointError
@@ -26,6 +31,26 @@ def method_list() -> str:
     names = {**{name: cls.__name__ for name, cls in METHODS.items()},
              **{name: cls for name, (_, cls) in LAZY_METHODS.items()}}
     return ", ".join(f"{label} ({name})" for name, label in names.items())
+
+
+class _DeprecatedSet(argparse.Action):
+    """``--set KEY=VALUE`` (repeatable), the former override flag: its items join ``--cfg-options``'s,
+    in command-line order, and :func:`main` logs one deprecation warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+        namespace.deprecated_set = True
+
+
+CFG_OPTIONS_HELP = ("override config keys, e.g. --cfg-options loss.lambda_TS=1 semst.multiscale=false; values are "
+                    "typed as in `python -m segmenters train` (mmengine's DictAction: 1 int, 1e-4 float, "
+                    "true/false, None, [0,4] list, else a string), then converted to the key's type")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    add_cfg_options_argument(parser, help=CFG_OPTIONS_HELP)
+    parser.add_argument("--set", dest="cfg_options", action=_DeprecatedSet, metavar="KEY=VALUE",
+                        help=argparse.SUPPRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--target-split", default="train")
     t.add_argument("--iters", type=int, help="total iterations (overrides train.iters)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set loss.lambda_TS=1 (repeatable)")
+    _add_overrides(t)
     t.add_argument("--init", help="initialise G/F/D (and the scale head) from a previous round's final.pt")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     t.add_argument("--stop-after", type=int, help="stop after this step (checkpoint, no final.pt); resume later")
@@ -80,13 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
 
     c = sub.add_parser("config", parents=[debug], help="print the resolved config (defaults, _base_ files and "
-                                                       "--set applied) as YAML",
-                       description="Print the config a `train` with the same --config and --set would use: the "
-                                   "defaults of translators/config.py, the file's _base_ chain and the overrides "
+                                                       "--cfg-options applied) as YAML",
+                       description="Print the config a `train` with the same --config and --cfg-options would use: "
+                                   "the defaults of translators/config.py, the file's _base_ chain and the overrides "
                                    "(the YAML files list only what differs from the defaults).")
     c.add_argument("--config", required=True, help="YAML config, e.g. translators/configs/semst_paper.yaml")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    _add_overrides(c)
     return p
 
 
@@ -95,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("translators")
     from translators.train import TrainingDiverged  # after logging setup (imports torch)
+    if getattr(args, "deprecated_set", False):
+        log.warning("--set is deprecated, use --cfg-options KEY=VALUE [KEY=VALUE ...] (the same keys and values, "
+                    "as for python -m segmenters train)")
     try:
         if args.command == "config":
             import yaml
 
-            print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+            print(yaml.safe_dump(load_config(args.config, args.cfg_options).to_dict(), sort_keys=False), end="")
             return 0
         if args.command == "train":
             from translators.train import train
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.source is None or args.target is None:
                 raise DataError("train needs --source and --target (prepared datasets or image folders), "
                                 "or --unpaired-root X (X/trainA, X/trainB)")
-            overrides = list(args.overrides)
+            overrides = list(args.cfg_options or [])
             if args.iters is not None:
                 overrides.append(f"train.iters={args.iters}")
             if args.device:

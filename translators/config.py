@@ -1,10 +1,15 @@
-"""Translator configuration: dataclasses, YAML loading and ``--set key=value`` overrides.
+"""Translator configuration: dataclasses, YAML files read by mmengine, ``--cfg-options`` overrides.
 
 A config is data (docs/design.md §7): one :class:`TranslatorConfig` with sections ``model``,
-``data``, ``loss``, ``semst``, ``cyclegan``, ``spade``, ``train`` and ``refine``. YAML files may
-name a ``_base_`` file (path relative to the YAML) whose values they override, so ablation configs
-stay one-liners. Unknown keys (in YAML or ``--set``) and wrongly typed values raise
-:class:`ConfigError` naming the key.
+``data``, ``loss``, ``semst``, ``cyclegan``, ``spade``, ``train`` and ``refine``. The segmenters'
+config mechanism reads the files (:func:`read_config_file`: ``mmengine.Config.fromfile``): a YAML may
+name a ``_base_`` file (path relative to the YAML) whose values it overrides, nested sections merged
+key by key, a list or any other value replaced as a whole, ``_delete_: true`` in a section replacing
+the base's section, so ablation configs stay one-liners. Overrides are ``--cfg-options KEY=VALUE``
+as for ``python -m segmenters train``, typed by the same reader (domains/cfg_options.py, mmengine's
+``DictAction``). What is left here is what mmengine does not do: every value is converted to the type
+of its dataclass field and range-checked; unknown keys (in YAML or ``--cfg-options``) and wrongly
+typed values raise :class:`ConfigError` naming the key.
 
 One source for every default: the defaults are the dataclass field defaults below (CUT's recipe
 for the shared sections, each method section's published values), with :data:`METHOD_DEFAULTS` on
@@ -13,6 +18,9 @@ YAML. A YAML file (``translators/configs/<method>_<preset>.yaml``) holds only wh
 what it would get without it: those defaults, or its ``_base_`` file's values; a key that repeats
 them is an error of tests/test_defaults.py. :data:`FEEDBACK_WEIGHT` is the default of
 ``translators train --feedback-weight`` (not a config key), which the workflow reads too.
+
+Plain Python at import (the workflow imports :data:`FEEDBACK_WEIGHT` at plan time); mmengine is
+imported when a file or an override is read.
 """
 from __future__ import annotations
 
@@ -24,9 +32,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-import yaml
+from domains.cfg_options import FLAG as CFG_OPTIONS_FLAG
+from domains.cfg_options import parse_cfg_options, parse_value
 
 METHODS = ("cut", "semst", "cyclegan", "spade")
 #: ``translators train --feedback-weight``: weight of the semantic-consistency loss on translation vs
@@ -217,6 +226,13 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: strings a boolean field reads as true / false: DictAction's true/false, and YAML 1.1's yes/no/on/off
+#: (so ``train.cpu_amp=off`` is False as before, when overrides were read as YAML)
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+#: strings an optional field reads as None besides DictAction's ``None``: YAML's null spellings, and nothing
+NULLS = ("null", "~", "")
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -238,7 +254,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in NULLS)):
             return None
         errors = []
         for arg in args:
@@ -251,17 +267,17 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{source}: bad value for '{key}'")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-            value = [yaml.safe_load(v) for v in value]
+        if isinstance(value, str):  # "0,4" or "[0, 4]" in a YAML file; one item alone: a list of one
+            value = parse_value(value) if value.strip() else []
+            value = value if isinstance(value, (list, tuple)) else [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
         raise ConfigError(f"{source}: '{key}' must be true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
@@ -366,60 +382,55 @@ def validate(cfg: TranslatorConfig, source: str = "config") -> None:
         need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_config_file(path: str | Path) -> dict:
+    """The values of a YAML config with its ``_base_`` chain merged in, as ``mmengine.Config.fromfile``
+    reads them (the segmenters' configs too): nested sections merged key by key, other values
+    (lists included) replaced, ``_delete_: true`` replacing a section. ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
-    if path.resolve() in seen:
-        raise ConfigError(f"config file {path}: _base_ cycle")
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"config file {path}: a translator config is a .yaml file")
+    import yaml
+    from mmengine.config import Config
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return Config.fromfile(str(path), import_custom_modules=False).to_dict()
+    except FileNotFoundError as err:  # a _base_ file (mmengine: 'file "<path>" does not exist')
+        raise ConfigError(f"config file {path}: its _base_ {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"config file {path}: _base_ cycle") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    merged = _read_yaml(path.parent / base, seen + (path.resolve(),))
-    return _deep_update(merged, data)
+        raise ConfigError(f"config file {path} (or a _base_ file it names) is not valid YAML: {err}") from err
+    except AttributeError as err:  # mmengine looks for _base_ in a top level that is no mapping
+        raise ConfigError(f"config file {path} (or a _base_ file it names) must hold a mapping at the top "
+                          f"level ({err})") from err
+    except (OSError, TypeError, KeyError) as err:  # e.g. a _base_ that names no file, keys repeated among bases
+        raise ConfigError(f"config file {path}: its _base_ chain cannot be read: {type(err).__name__}: "
+                          f"{err}") from err
 
 
-def _deep_update(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["train.iters=100", "loss.nce_layers=[0,4]"]`` -> [(key, yaml-parsed value)]."""
-    out = []
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
-    return out
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TranslatorConfig:
-    """Read a YAML config (with ``_base_``), apply ``--set`` overrides, validate."""
-    data = _read_yaml(Path(path))
+def load_config(path: str | Path,
+                cfg_options: Iterable[str] | Mapping[str, Any] | None = None) -> TranslatorConfig:
+    """Read a YAML config (with ``_base_``), apply ``cfg_options`` (``["key=value", ...]`` as given to
+    ``--cfg-options``, or a ``{"dotted.key": value}`` mapping), validate."""
+    data = read_config_file(path)
     cfg = TranslatorConfig.from_dict(data, source=str(path))
-    apply_overrides(cfg, overrides)
+    apply_cfg_options(cfg, cfg_options)
     return cfg
 
 
-def apply_overrides(cfg: TranslatorConfig, overrides: list[str] | None) -> TranslatorConfig:
-    for key, value in parse_overrides(overrides):
-        _assign(cfg, key, value, "--set")
-    validate(cfg, "--set")
+def apply_cfg_options(cfg: TranslatorConfig,
+                      cfg_options: Iterable[str] | Mapping[str, Any] | None) -> TranslatorConfig:
+    """Set each ``key=value`` of ``cfg_options`` (typed by domains.cfg_options, then converted to the
+    field's type) and validate; ConfigError naming the key."""
+    try:
+        options = parse_cfg_options(cfg_options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for key, value in options.items():
+        _assign(cfg, key, value, CFG_OPTIONS_FLAG)
+    validate(cfg, CFG_OPTIONS_FLAG)
     return cfg
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from domains.cfg_options import parse_cfg_options  # the one KEY=VALUE reader of both stages
+
 ARCH_FILES = {"deeplabv2": "deeplabv2_r101", "fcn8s": "fcn8s_vgg16"}
 PRESETS = ("tiny", "paper")
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -23,23 +25,6 @@ def config_path(arch: str, preset: str) -> Path:
     if preset not in PRESETS:
         raise ValueError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS)}")
     return CONFIG_DIR / f"{ARCH_FILES[arch]}_{preset}.py"
-
-
-def parse_cfg_options(options: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=(1,2)"]`` -> ``{"a.b": 1, "c": (1, 2)}`` (values parsed like mmengine DictAction)."""
-    from mmengine.config import DictAction
-
-    if options is None:
-        return {}
-    if isinstance(options, Mapping):
-        return dict(options)
-    parsed: dict[str, Any] = {}
-    for item in options:
-        if "=" not in item:
-            raise ValueError(f"--cfg-options item {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        parsed[key.strip()] = DictAction._parse_iterable(value.strip())
-    return parsed
 
 
 def _check_key_path(cfg: Any, full_key: str, source: str) -> Any:

@@ -71,7 +71,7 @@ try:
     wfc.check_names(config)
     DATASETS = wfc.dataset_table(config)
     MINICITY = wfc.minicity_table(config)
-    # every --set / --cfg-options the jobs would get, through the CLIs' own config loaders
+    # every --cfg-options the jobs would get, through the CLIs' own config loaders
     wfv.check_overrides(config, REPO)
 except wfc.ConfigError as err:
     _stop(err)
@@ -477,7 +477,7 @@ def stage_train_flags(method, stage):
 
 
 def translator_flags(wc, round_):
-    """--iters/--seed/--set flags of `translators train` (round 0 or a fine-tuning round)."""
+    """--iters/--seed/--cfg-options flags of `translators train` (round 0 or a fine-tuning round)."""
     tr = pair_cfg(wc.pair)["translator"]
     iters = tr["iters"] if round_ == 0 else (tr["round_iters"] or tr["iters"])
     flags = []
@@ -488,8 +488,9 @@ def translator_flags(wc, round_):
         weight = translator_cfg(wc.translator)["feedback_weight"]
         flags += ["--feedback-weight", str(FEEDBACK_WEIGHT if weight is None else weight)]
     translator_cfg(wc.translator)  # a clear error for an unknown translator
-    for item in wfv.set_items(wfv.translator_overrides(config, wc.pair, wc.translator)):
-        flags += ["--set", item]
+    options = wfv.cfg_option_items(wfv.translator_overrides(config, wc.pair, wc.translator))
+    if options:  # a multi-value option: last on the command line, as segmenter_flags puts it
+        flags += ["--cfg-options", *options]
     return wfc.join_quoted(flags)
 
 

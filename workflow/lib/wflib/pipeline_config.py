@@ -118,6 +118,12 @@ def _close(name: str, options: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+#: config keys that were renamed: old -> new name, where the new name is a key of the same section
+#: (``translators.<t>.set`` and ``pairs.<pair>.translator.set`` became ``cfg_options``, the
+#: ``--cfg-options`` of both stage CLIs); :func:`schema_error_message` names the new key
+RENAMED_KEYS = {"set": "cfg_options"}
+
+
 def schema_error_message(error: Any, file_pairs: Iterable[str] = ()) -> str:
     """One short message (the config key and what is wrong with it) for a ``jsonschema.ValidationError``
     of the workflow config, instead of the schema and config dump Snakemake prints.
@@ -143,6 +149,11 @@ def schema_error_message(error: Any, file_pairs: Iterable[str] = ()) -> str:
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
+        renamed = [k for k in extra if RENAMED_KEYS.get(k) in allowed]
+        if renamed:
+            old, new = renamed[0], RENAMED_KEYS[renamed[0]]
+            return (f"config key '{'.'.join([*path, old])}' was renamed to '{new}': write "
+                    f"'{'.'.join([*path, new])}' (the same entries)")
         unknown = extra[0] if extra else "?"
         full = ".".join([*path, str(unknown)])
         return (f"unknown config key '{full}' ('{unknown}' was unexpected{_close(unknown, allowed)}); allowed "
@@ -335,14 +346,17 @@ def _layout_text(fmt: str) -> str:
         return "<raw>/" + " and <raw>/".join(EXPECTED_LAYOUT[fmt])
 
 
-def format_sets(values: dict | None) -> list[str]:
-    """``{'lambda_ts': 0, 'multiscale': False}`` -> ``['lambda_ts=0', 'multiscale=false']`` for ``--set``."""
+def format_cfg_options(values: dict | None) -> list[str]:
+    """``{'loss.lambda_TS': 0, 'semst.multiscale': False, 'init_from': None}`` ->
+    ``['loss.lambda_TS=0', 'semst.multiscale=false', 'init_from=None']``: the ``--cfg-options`` items of
+    both stage CLIs, which read them back with mmengine's DictAction (domains/cfg_options.py; it knows
+    ``None``, not YAML's ``null``)."""
     out = []
     for key, value in (values or {}).items():
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif value is None:
-            text = "null"
+            text = "None"
         elif isinstance(value, (list, dict)):
             text = yaml.safe_dump(value, default_flow_style=True).strip()
         else:

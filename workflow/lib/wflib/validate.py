@@ -1,20 +1,21 @@
 """What the workflow overrides in the stage CLIs' configs, checked at plan time by the CLIs' own loaders.
 
-A translator job gets ``--set key=value`` from config keys ``pairs.<pair>.translator.set`` and, on
-top, ``translators.<translator>.set`` (:func:`translator_overrides`); a segmenter job gets
-``--cfg-options key=value`` from ``pairs.<pair>.segmenter.cfg_options`` and, on top,
-``uda.<uda>.cfg_options`` (:func:`segmenter_overrides`). The rules build their flags from these
-functions, and :func:`check_overrides` hands the same ``key=value`` strings to the loaders the jobs
-use, ``translators.config.load_config`` and ``segmenters.configs.load_config``, for every pair x
-translator and pair x UDA method of the config. An unknown or ill-typed key therefore stops
-``snakemake -n`` with one message naming the config key it came from (``ConfigError``), before any
-job runs; the loaders own the rules (unknown keys, types), nothing is repeated here. (Where the
+Both stage CLIs take ``--cfg-options key=value ...`` (domains/cfg_options.py). A translator job gets
+them from config keys ``pairs.<pair>.translator.cfg_options`` and, on top,
+``translators.<translator>.cfg_options`` (:func:`translator_overrides`); a segmenter job from
+``pairs.<pair>.segmenter.cfg_options`` and, on top, ``uda.<uda>.cfg_options``
+(:func:`segmenter_overrides`). The rules build their flags from these functions and
+:func:`cfg_option_items`, and :func:`check_overrides` hands the same ``key=value`` strings to the
+loaders the jobs use, ``translators.config.load_config`` and ``segmenters.configs.load_config``, for
+every pair x translator and pair x UDA method of the config. An unknown or ill-typed key therefore
+stops ``snakemake -n`` with one message naming the config key it came from (``ConfigError``), before
+any job runs; the loaders own the rules (unknown keys, types), nothing is repeated here. (Where the
 Snakemake interpreter lacks mmengine, the stage CLIs running in their own environment, config key
-``python``, the segmenter options are left to the jobs.)
+``python``, the overrides are left to the jobs.)
 
-Plan time stays cheap: the translator loader is plain Python; ``segmenters/configs`` is read on
-its own (:func:`segmenter_configs`), without the ``segmenters`` package whose import loads torch
-and mmseg (seconds), and only where a combination has options at all.
+Plan time stays cheap: the translator loader is plain Python and mmengine's config reader;
+``segmenters/configs`` is read on its own (:func:`segmenter_configs`), without the ``segmenters``
+package whose import loads torch and mmseg (seconds), and only where a combination has options at all.
 """
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
-from wflib.pipeline_config import ConfigError, format_sets
+from wflib.pipeline_config import ConfigError, format_cfg_options
 
 #: module name of segmenters/configs when read without its package (see segmenter_configs)
 _STANDALONE = "_wflib_segmenters_configs"
 
 
 class Override(NamedTuple):
-    """One ``key=value`` a job gets, and the config key that gives it (``translators.semst.set``)."""
+    """One ``key=value`` a job gets, and the config key that gives it (``translators.semst.cfg_options``)."""
 
     key: str
     value: Any
@@ -48,9 +49,9 @@ def _merged(*sources: tuple[str, dict | None]) -> list[Override]:
 
 
 def translator_overrides(config: dict, pair: str, translator: str) -> list[Override]:
-    """``--set`` overrides of ``translator``'s jobs for ``pair`` (rounds 0 and up alike)."""
-    return _merged((f"pairs.{pair}.translator.set", config["pairs"][pair]["translator"]["set"]),
-                   (f"translators.{translator}.set", config["translators"][translator]["set"]))
+    """``--cfg-options`` of ``translator``'s jobs for ``pair`` (rounds 0 and up alike)."""
+    return _merged((f"pairs.{pair}.translator.cfg_options", config["pairs"][pair]["translator"]["cfg_options"]),
+                   (f"translators.{translator}.cfg_options", config["translators"][translator]["cfg_options"]))
 
 
 def segmenter_overrides(config: dict, pair: str, uda: str) -> list[Override]:
@@ -59,15 +60,9 @@ def segmenter_overrides(config: dict, pair: str, uda: str) -> list[Override]:
                    (f"uda.{uda}.cfg_options", config["uda"][uda]["cfg_options"]))
 
 
-def set_items(overrides: Iterable[Override]) -> list[str]:
-    """``key=value`` strings of ``--set`` (read back with YAML by translators.config.parse_overrides)."""
-    return format_sets({o.key: o.value for o in overrides})
-
-
 def cfg_option_items(overrides: Iterable[Override]) -> list[str]:
-    """``key=value`` strings of ``--cfg-options``, read back by mmengine's DictAction, which knows
-    ``None`` but not YAML's ``null``."""
-    return [f"{o.key}=None" if o.value is None else format_sets({o.key: o.value})[0] for o in overrides]
+    """``key=value`` strings of ``--cfg-options`` (either stage), read back by mmengine's DictAction."""
+    return format_cfg_options({o.key: o.value for o in overrides})
 
 
 def translator_config_path(repo: Path, method: str, preset: str) -> Path:
@@ -125,9 +120,9 @@ def _message(bad: Override, text: str, reason: str, context: str) -> str:
 
 
 def check_translator(config: dict, pair: str, translator: str, repo: Path, cache: dict | None = None) -> None:
-    """``translators train --config <method>_<preset>.yaml --set ...`` of ``translator`` for ``pair``
-    accepts its overrides (nothing to check for method none, no overrides, or no such config file:
-    the DAG names a missing file when a target needs it)."""
+    """``translators train --config <method>_<preset>.yaml --cfg-options ...`` of ``translator`` for
+    ``pair`` accepts its overrides (nothing to check for method none, no overrides, or no such config
+    file: the DAG names a missing file when a target needs it; nor without mmengine, see above)."""
     overrides = translator_overrides(config, pair, translator)
     method = config["translators"][translator]["method"]
     path = translator_config_path(repo, method, config["pairs"][pair]["preset"])
@@ -135,13 +130,16 @@ def check_translator(config: dict, pair: str, translator: str, repo: Path, cache
         return
     from translators.config import ConfigError as TranslatorConfigError, load_config
 
-    refused = _first_refused(lambda args: load_config(path, args), set_items, overrides, (TranslatorConfigError,),
-                             cache, ("translators", str(path)))
+    try:
+        refused = _first_refused(lambda args: load_config(path, args), cfg_option_items, overrides,
+                                 (TranslatorConfigError,), cache, ("translators", str(path)))
+    except ImportError:  # Snakemake runs without mmengine (the CLIs' own env: config key 'python'): the job checks
+        return
     if refused:
         bad, reason = refused
         shown = path.relative_to(repo) if path.is_relative_to(repo) else path
-        raise ConfigError(_message(bad, set_items([bad])[0], reason,
-                                   f"--set of translator '{translator}' of pair '{pair}' over {shown}"))
+        raise ConfigError(_message(bad, cfg_option_items([bad])[0], reason,
+                                   f"--cfg-options of translator '{translator}' of pair '{pair}' over {shown}"))
 
 
 def check_segmenter(config: dict, pair: str, uda: str, repo: Path, cache: dict | None = None) -> None:
@@ -167,7 +165,7 @@ def _implemented(specs: dict) -> list[str]:
 
 
 def check_overrides(config: dict, repo: Path, pairs: Iterable[str] | None = None) -> None:
-    """Every translator's ``--set`` and every UDA method's ``--cfg-options``, for each pair of ``pairs``
+    """Every translator's and every UDA method's ``--cfg-options``, for each pair of ``pairs``
     (default: all), as the jobs would get them; the first refused one raises ``ConfigError``. Each
     distinct config file + argument list is loaded once."""
     cache: dict = {}
