@@ -219,3 +219,28 @@ def test_message_is_one_line_naming_section_target_and_reasons():
     assert "rounds.max = 2" in text and "stopped after round 0 (score is NaN)" in text
     assert "no job in the graph" in wfrs.why_missing(wfrs.SAMPLES, 3, None)
     assert "no job in the graph" in wfrs.why_missing(wfrs.PSEUDO, 3, "reached rounds.max=2")
+
+
+def test_stage_rules_shell_does_not_read_the_loop_variables():
+    """Snakemake evaluates a rule's ``shell:`` expression again when the job runs, after stages.smk's loop
+    has ended: one built from ``_stage``/``_method`` would run the last stage's command (it did: ProDA's
+    prototypes job ran as ``proda_pseudolabel`` and failed). Every other directive is read at parse time."""
+    import re
+
+    text = (REPO / "workflow/rules/stages.smk").read_text()
+    shells = re.findall(r"^\s*shell:\s*\n\s*(.+)$", text, flags=re.M)
+    assert len(shells) == 2, shells
+    for expr in (line.split("#")[0] for line in shells):
+        assert "_stage" not in expr and "_method" not in expr, expr
+
+
+def test_pseudo_params_fill_the_shared_template_to_each_stage_command():
+    values = wfs.read_values(wfs.PRODA, REPO)
+    for stage in wfs.PRODA.pseudo:
+        params = wfs.pseudo_params(stage, wfs.stage_values(wfs.PRODA, stage, values))
+        filled = wfs.PSEUDO_SHELL.replace("{params.command}", params["command"]).replace(
+            "{params.stage_args}", params["stage_args"])
+        assert filled == wfs.pseudo_shell(stage).replace("{params.threshold}", str(values.get("threshold")))
+    pseudo = wfs.stage_of(wfs.PRODA.pseudo, 1)
+    assert wfs.pseudo_params(pseudo, {"threshold": 0.95}) == {
+        "command": "pseudolabel", "stage_args": " --rule fixed --threshold 0.95"}

@@ -61,6 +61,7 @@ for _method in wfs.METHODS.values():
                     out=run_dir,
                     split=lambda wc: pair_cfg(wc.pair)["pseudolabel"]["split"],
                     **wfs.stage_values(_method, _stage, STAGE_VALUES[_method.uda]),
+                    **wfs.pseudo_params(_stage, wfs.stage_values(_method, _stage, STAGE_VALUES[_method.uda])),
                     code=CODE["segment"],
                 threads: threads_for("pseudolabel")
                 resources:
@@ -72,6 +73,6 @@ for _method in wfs.METHODS.values():
                 conda:
                     "../../environment.yml"
                 shell:
-                    wfs.pseudo_shell(_stage)
+                    wfs.PSEUDO_SHELL  # not built from _stage: Snakemake evaluates shell: again at run time
 
         workflow.get_rule(_stage.rule).docstring = _stage.doc

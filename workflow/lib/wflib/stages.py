@@ -22,6 +22,7 @@ Everything here is pure (no Snakemake); tests/test_workflow_stages.py covers it.
 from __future__ import annotations
 
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
@@ -283,11 +284,26 @@ def stage_title(method: MethodStages, k: int, values: Mapping[str, Any]) -> str:
     return stage_of(method.train, k).title.format(k=k, prev=k - 1, **values)
 
 
+#: shell template of every pseudo-label stage. The stage's own parts reach it as params (``command``,
+#: ``stage_args``: :func:`pseudo_params`) because Snakemake evaluates a rule's ``shell:`` expression
+#: again when the job runs, after stages.smk's loop has moved on: a template built from the loop
+#: variable would run the last stage's command (tests/test_workflow_stages.py guards this).
+PSEUDO_SHELL = ("{params.python} -m segmenters {params.command} --checkpoint {input.segmenter} --target {input.tgt}"
+                " --split {params.split}{params.stage_args} --out {params.out} > {log} 2>&1")
+
+
+def pseudo_params(stage: PseudoStage, values: Mapping[str, Any]) -> dict[str, str]:
+    """The params that fill :data:`PSEUDO_SHELL` for ``stage``: its CLI and its arguments, with
+    ``{params.<value>}`` replaced by the method's ``values`` (as Snakemake would format them)."""
+    fill_in = types.SimpleNamespace(**values)
+    return {"command": stage.command, "stage_args": "".join(" " + a.format(params=fill_in) for a in stage.args)}
+
+
 def pseudo_shell(stage: PseudoStage) -> str:
-    """Shell template of a pseudo-label stage (``{params.*}``, ``{input.*}``, ``{log}`` left to Snakemake)."""
+    """:data:`PSEUDO_SHELL` with ``stage``'s command and arguments written in (``{params.<value>}`` of its
+    arguments left to Snakemake): what a job of the stage runs, for docs and tests."""
     extra = "".join(" " + a for a in stage.args)
-    return ("{params.python} -m segmenters " + stage.command + " --checkpoint {input.segmenter} --target {input.tgt}"
-            " --split {params.split}" + extra + " --out {params.out} > {log} 2>&1")
+    return PSEUDO_SHELL.replace("{params.command}", stage.command).replace("{params.stage_args}", extra)
 
 
 def append_cfg_option(flags: str, item: str) -> str:
@@ -308,5 +324,5 @@ for _method in METHODS.values():
 
 __all__ = ["GENERIC_RULE", "METHODS", "MethodStages", "PRODA", "PSEUDO", "PseudoStage", "Rounds", "SEGMENTER",
            "SourceDefault", "StageError", "TrainStage", "append_cfg_option", "check_method", "fill",
-           "integers_from", "job_name", "placeholders", "pseudo_path", "pseudo_shell", "read_values", "rule_order",
+           "integers_from", "job_name", "placeholders", "PSEUDO_SHELL", "pseudo_params", "pseudo_path", "pseudo_shell", "read_values", "rule_order",
            "segmenter_path", "stage_of", "stage_round", "stage_title", "stage_values"]
