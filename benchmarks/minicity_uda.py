@@ -12,11 +12,19 @@ The rows and the scale come from ``config/experiments/minibench.yaml`` (pair ``m
 ``config/pairs/minibench.yaml``). A seed's DAG that finished is not rerun (Snakemake sees its
 outputs), so an interrupted benchmark continues where it stopped. Wall time per seed is printed
 and written to ``<out>/<pair>_wall_time.csv``.
+
+``--keep DIR`` copies each finished seed's evaluation files (no checkpoints, images or data) to
+``DIR/<pair>_seed<s>/`` with their paths under the working directory, which is how
+``docs/bench/minibench_seed<s>/`` is made; ``compare.py --runs`` reads such folders as it reads the
+working directories::
+
+    python benchmarks/minicity_uda.py --seeds 2 --keep docs/bench
 """
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +70,32 @@ def snakemake_command(pair: str, seed: int, workdir: Path, cores: int, experimen
     return cmd
 
 
+# What a kept seed holds, as globs under its working directory ({pair} filled in): per-round scores
+# and confusions, final and summary tables, translation scores and distortions, job benchmarks.
+KEEP_GLOBS = ("results/{pair}_*.csv", "results/{pair}/*/r*.csv", "results/{pair}/*/r*.confusion.npy",
+              "results/{pair}/translation/**/*.csv", "results/{pair}/translation/**/*.npy",
+              "results/benchmarks/**/*.tsv")
+
+
+def kept_files(workdir: Path, pair: str) -> list[Path]:
+    """The evaluation files of one seed's working directory (relative paths, sorted)."""
+    found = {f.relative_to(workdir) for g in KEEP_GLOBS for f in workdir.glob(g.format(pair=pair)) if f.is_file()}
+    return sorted(found)
+
+
+def keep_seed(workdir: Path, dest: Path, pair: str) -> int:
+    """Copy :func:`kept_files` of ``workdir`` to ``dest`` (same relative paths; each file written to a
+    temporary name and renamed). Number of files copied."""
+    files = kept_files(workdir, pair)
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copy2(workdir / rel, tmp)
+        tmp.replace(target)
+    return len(files)
+
+
 def run(cmd: list[str], log: Path | None = None) -> float:
     """Run ``cmd`` (printed); its output goes to ``log`` (or the terminal). Seconds taken; exits on failure."""
     print("$ " + shlex.join(cmd), flush=True)
@@ -85,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", default="minibench", help="pair to run (default minibench)")
     p.add_argument("--experiment", default=str(EXPERIMENT), help="experiment config merged over config/config.yaml")
     p.add_argument("--out", default="results/bench", help="benchmark folder: seed<s>/ working dirs and the tables")
+    p.add_argument("--keep", metavar="DIR", help="copy each finished seed's evaluation files to DIR/<pair>_seed<s>/ "
+                   "(e.g. docs/bench)")
     p.add_argument("--dry-run", action="store_true", help="plan every seed (snakemake -n), run nothing")
     args = p.parse_args(argv)
     experiment = Path(args.experiment)
@@ -101,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         walls.append((seed, seconds))
         print(f"seed {seed}: {'planned' if args.dry_run else 'ran'} in {seconds:.0f} s ({seconds / 60:.1f} min)",
               flush=True)
+        if args.keep and not args.dry_run:
+            dest = Path(args.keep).resolve() / f"{args.pair}_seed{seed}"
+            print(f"seed {seed}: kept {keep_seed(workdir, dest, args.pair)} evaluation files in {dest}", flush=True)
     if args.dry_run:
         return 0
     atomic_write_text(out / f"{args.pair}_wall_time.csv",

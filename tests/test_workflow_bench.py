@@ -59,7 +59,8 @@ def test_two_iteration_run_of_every_row(tmp_path):
     small.write_text(yaml.safe_dump(experiment))
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "minicity_uda.py"), "--seeds", "3",
-                           "--experiment", str(small), "--out", str(out)], capture_output=True, text=True,
+                           "--experiment", str(small), "--out", str(out), "--keep", str(tmp_path / "kept")],
+                          capture_output=True, text=True,
                           timeout=1200)
     logs = "".join((p.read_text()[-3000:] for p in out.glob("seed*/snakemake.log")))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
@@ -70,8 +71,40 @@ def test_two_iteration_run_of_every_row(tmp_path):
     multi = rounds[rounds["uda"].isin(["bdl", "sepico"])]
     assert set(multi["round"]) == {0, 1}                      # every multi-round row ran its round 1
     assert set(rounds[rounds["uda"] == "proda"]["round"]) == {0, 1, 2, 3}
+    # the references train as long as the longest row: their rounds run to the cap whatever the score
+    refs = rounds[rounds["row"].isin(["source_only_none", "oracle_none"])]
+    assert set(refs["round"]) == {0, 1}
     wall = pd.read_csv(out / "minibench_wall_time.csv")
     assert list(wall["seed"]) == [3] and (wall["wall_s"] > 0).all()
     assert "--seed 3" in (out / "seed3" / "snakemake.log").read_text()   # the seed reached the jobs
     assert (out / "minibench_comparison.html").stat().st_size > 0
     assert "gap closed" in proc.stdout.lower()
+    # --keep: the seed's evaluation files, no checkpoints or images, and they aggregate like the run
+    kept = tmp_path / "kept" / "minibench_seed3"
+    files = {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()}
+    assert "results/minibench/bdl_semst/r1.csv" in files and "results/minibench_uda_table.csv" in files
+    assert "results/minibench/oracle_none/r0.confusion.npy" in files
+    assert not [f for f in files if f.endswith((".pth", ".pt", ".png")) or f.startswith("data/")]
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / "compare.py"), "--pair", "minibench",
+                    "--runs", str(kept), "--seeds", "3", "--out", str(again)], check=True, capture_output=True)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "minibench_comparison.csv"), summary)
+
+
+def test_keep_copies_evaluation_files_only(tmp_path):
+    """kept_files / keep_seed select per-round scores, tables, translation scores and job benchmarks
+    of the pair, and nothing else (checkpoints, images, other pairs' results)."""
+    work, dest = tmp_path / "seed0", tmp_path / "kept"
+    wanted = ["results/minibench_bdl_none.csv", "results/minibench/bdl_none/r0.csv",
+              "results/minibench/bdl_none/r0.confusion.npy", "results/minibench/translation/cut/fcn.csv",
+              "results/minibench/translation/cut/distortion.npy", "results/benchmarks/minibench/segment/x_r0.tsv"]
+    other = ["results/runs/minibench/bdl_none/r0/final.pth", "results/minicity_bdl_none.csv",
+             "results/minibench/bdl_none/pseudo.png", "data/prepared/minibench_gta5/meta.json",
+             "results/plots/minibench/translation/cut_distortion.png"]
+    for i, rel in enumerate(wanted + other):
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(str(i))
+    assert [p.as_posix() for p in minicity_uda.kept_files(work, "minibench")] == sorted(wanted)
+    assert minicity_uda.keep_seed(work, dest, "minibench") == len(wanted)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(wanted)
+    assert (dest / wanted[1]).read_text() == "1"
