@@ -137,3 +137,24 @@ def test_code_change_reruns_the_stage_and_downstream_only(env):
     finally:
         segment_file.write_text(original)
     assert "Nothing to be done" in run(env, "-n", TARGET).stdout
+
+
+def test_more_rounds_in_the_config_rebuild_a_finished_run(env, tmp_path):
+    """A finished run whose config now allows more rounds trains them (rule round_plan).
+
+    Snakemake checks no params of a job that waits on a checkpoint round, so before round_plan this
+    answered "Nothing to be done" and kept the 2-round table. Runs last: it adds round 2 to the
+    module's run.
+    """
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump({"pairs": {"minicity": {"rounds": {"min_delta": -100.0, "max": 2}}}}))
+    plan = run(env, "-n", TARGET, "--configfile", str(env["config"]), str(more))
+    counts = job_counts(plan.stdout)
+    assert counts["round_plan"] == 1 and counts["evaluate"] == 1 and counts["final_table"] == 1, plan.stdout[-3000:]
+    assert "translator_train" not in counts and "prepare" not in counts  # only round 2's own jobs
+    result = run(env, TARGET, "--configfile", str(env["config"]), str(more))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    table = pd.read_csv(env["work"] / TARGET)
+    assert table["round"].tolist() == [0, 1, 2]
+    assert table["next_round"].tolist() == [True, True, False]  # round 2 is rounds.max
+    assert "Nothing to be done" in run(env, "-n", TARGET, "--configfile", str(env["config"]), str(more)).stdout

@@ -9,15 +9,37 @@ workflow.create_report = report_with_section_check(workflow.create_report)
 
 
 localrules:
+    round_plan,
     final_table,
     sample_grid,
     pseudo_grid,
+
+
+rule round_plan:
+    """results/<pair>/<uda>_<translator>/rounds.json: the rounds settings of a run (workflow/scripts/round_plan.py).
+
+    An input of final_table with the same `rounds` params: Snakemake checks no params of a job that
+    waits on a checkpoint round, so without it a config giving a finished run more rounds built nothing.
+    """
+    output:
+        "results/{pair}/{combo}/rounds.json",
+    params:
+        rounds=rounds_param,
+    log:
+        "logs/{pair}/report/{combo}_rounds.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/round_plan.py"
 
 
 rule final_table:
     """results/<pair>_<uda>_<translator>.csv: one row per round, per-class IoU, means, best flag."""
     input:
         unpack(final_table_input),
+        # its own input item, not final_table_input's: that one is replaced by the checkpoint target
+        # while a round is unfinished, and this file must stay in the job to carry the rerun
+        plan="results/{pair}/{combo}/rounds.json",
     output:
         table=report(
             "results/{pair}_{combo}.csv",
