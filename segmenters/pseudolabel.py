@@ -31,6 +31,13 @@ Outputs, written into ``.<out>.tmp-<pid>`` and renamed to ``--out`` when complet
 ``soft/<stem>``: float16 (C, round(H*s), round(W*s)) bilinearly resized softmax probabilities, e.g.
 for ProDA-style prototypes; file attributes ``num_classes``, ``soft_scale``) and ``meta.json``
 (rule, per-class thresholds, checkpoint, pixel counts and the fraction kept per class).
+
+When the split has ground-truth labels (minicity's and Cityscapes' train splits do), pass 2 also
+scores the written pseudo-labels against them: ``meta.json`` ``quality_vs_ground_truth`` holds the
+coverage (labelled pixels that got a pseudo-label), the precision of the kept pixels, the mIoU of
+the kept pixels and the precision per class. A diagnostic of why self-training rounds help or not
+(pseudo-label accuracy is what self-training papers report beside their thresholds); nothing that
+trains reads it, and an unlabelled split gets ``null``.
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ import numpy as np
 from domains.labels import CLASSES, IGNORE_INDEX
 from domains.prepared import PreparedDataError, PreparedDataset, Sample
 
+from .metrics import confusion_matrix, miou, per_class_iou
 from .io import (InferenceSet, add_input_flags, add_runtime_flags, batched_probabilities, default_device, read_label,
                  resize_maps, write_png)
 
@@ -186,14 +194,43 @@ def predict_pass(segmenter, samples: Sequence[Sample], work: Path, soft_scale: f
     return counts
 
 
-def threshold_pass(samples: Sequence[Sample], work: Path, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 2: rewrite each provisional PNG with the thresholds; returns (predicted, kept) pixel counts."""
+def kept_confusion(label: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
+    """(confusion ``cm[gt, pseudo]`` over the kept pixels, number of ground-truth-labelled pixels)."""
+    labelled = (gt < num_classes) & (gt != IGNORE_INDEX)
+    scored = np.where(label == IGNORE_INDEX, IGNORE_INDEX, gt)
+    return confusion_matrix(label, scored, num_classes), int(labelled.sum())
+
+
+def label_quality(cm: np.ndarray, labelled: int, images: int, names: Sequence[str]) -> dict:
+    """``quality_vs_ground_truth`` of meta.json from the summed :func:`kept_confusion` results."""
+    cm = np.asarray(cm, dtype=np.float64)
+    kept = cm.sum()
+    predicted = cm.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, np.diag(cm) / np.where(predicted > 0, predicted, 1.0), np.nan)
+    value = lambda x: None if np.isnan(x) else round(float(x), 6)  # noqa: E731
+    return {
+        "images": int(images),
+        "coverage": value(kept / labelled if labelled else np.nan),
+        "precision": value(np.trace(cm) / kept if kept else np.nan),
+        "mIoU": value(miou(per_class_iou(cm))),
+        "precision_per_class": {n: value(p) for n, p in zip(names, precision)},
+        "note": "the split's ground truth, read after the pseudo-labels were written; a diagnostic, not a training input",
+    }
+
+
+def threshold_pass(samples: Sequence[Sample], work: Path,
+                   thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Pass 2: rewrite each provisional PNG with the thresholds; returns the (predicted, kept) pixel
+    counts and, when the samples have ground-truth labels, their :func:`label_quality`."""
     import h5py
     from tqdm import tqdm
 
     num_classes = thresholds.shape[0]
     predicted = np.zeros(num_classes, dtype=np.int64)
     kept = np.zeros(num_classes, dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    labelled = scored_images = 0
     with h5py.File(work / CONFIDENCES, "r") as h5:
         for sample in tqdm(samples, desc="threshold", unit="img", dynamic_ncols=True):
             path = work / f"{sample.stem}.png"
@@ -203,7 +240,13 @@ def threshold_pass(samples: Sequence[Sample], work: Path, thresholds: np.ndarray
             predicted += np.bincount(pred.ravel(), minlength=num_classes)[:num_classes]
             kept += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
             write_png(path, label)
-    return predicted, kept
+            if sample.label is not None:
+                image_cm, image_labelled = kept_confusion(label, read_label(sample.label), num_classes)
+                cm += image_cm
+                labelled += image_labelled
+                scored_images += 1
+    quality = label_quality(cm, labelled, scored_images, class_names(num_classes)) if scored_images else None
+    return predicted, kept, quality
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -252,7 +295,7 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
     with staged_output_dir(Path(out)) as work:
         counts = predict_pass(segmenter, samples, work, soft_scale, batch_size, workers)
         thresholds = class_thresholds(counts, rule, percentile, cap, threshold)
-        predicted, kept = threshold_pass(samples, work, thresholds)
+        predicted, kept, quality = threshold_pass(samples, work, thresholds)
         num_classes = thresholds.shape[0]
         names = class_names(num_classes)
         frac = np.where(predicted > 0, kept / np.maximum(predicted, 1), np.nan)
@@ -272,6 +315,7 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
             "pixels_kept": dict(zip(names, kept.tolist())),
             "fraction_kept": {n: (None if np.isnan(f) else round(float(f), 6)) for n, f in zip(names, frac)},
             "fraction_kept_total": float(kept.sum() / max(predicted.sum(), 1)),
+            "quality_vs_ground_truth": quality,
             **(extra_meta or {}),
         }
         (work / META).write_text(json.dumps(meta, indent=2))
@@ -320,6 +364,11 @@ def run(args: argparse.Namespace) -> dict:
                     extra_meta={"checkpoint": str(args.checkpoint), "checkpoint_meta": ckpt_meta,
                                 "target": str(args.target), "split": args.split})
     logger.info("wrote %s: %.1f%% of pixels kept", args.out, 100 * meta["fraction_kept_total"])
+    quality = meta["quality_vs_ground_truth"]
+    if quality and quality["precision"] is not None:
+        logger.info("against the split's ground truth (diagnostic): %.1f%% of labelled pixels pseudo-labelled, "
+                    "%.1f%% of them correct, mIoU %.1f", 100 * quality["coverage"], 100 * quality["precision"],
+                    100 * (quality["mIoU"] or 0.0))
     return meta
 
 

@@ -12,6 +12,8 @@ import pytest
 from segmenters.pseudolabel import (CODES, accumulate_counts, apply_thresholds, class_order_statistics,
                                     class_thresholds, empty_counts, order_statistic_index)
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def ssl_threshold(values: np.ndarray, q: float = 0.5) -> float:
     """BDL SSL.py's per-class threshold written out by sorting: ``x[int(np.round(len(x) * q))]`` of the
@@ -530,12 +532,38 @@ def test_generate_defaults_follow_bdl(tmp_path, loader_calls):
     assert all(type(v) is int for k in ("pixels_predicted", "pixels_kept") for v in meta[k].values())
     assert meta["fraction_kept"] == {"class_0": 0.555556, "class_1": 1.0, "class_2": None}   # 5/9; never predicted
     assert meta["fraction_kept_total"] == pytest.approx(0.6)
+    assert meta["quality_vs_ground_truth"] is None          # the samples have no labels
     with h5py.File(out / "confidences.h5", "r") as h5:
         assert h5.attrs["num_classes"] == 3 and h5.attrs["soft_scale"] == 0.0 and "soft" not in h5
         assert "maxprob/<stem>" in _layout(h5)
         for s in "ab":
             assert h5[f"maxprob/{s}"].dtype == np.float16
             np.testing.assert_array_equal(h5[f"maxprob/{s}"][()], [CODED_CONF[s]])
+
+
+def test_generate_scores_the_pseudo_labels_against_ground_truth(tmp_path):
+    """A labelled split gets quality_vs_ground_truth, worked out by hand; the labels it writes are
+    the same as without ground truth (the scores are a diagnostic)."""
+    from PIL import Image
+
+    from domains.prepared import Sample
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", CODED)          # writes a: [255, 0, 0, 1, 255], b: [0, 255, 0, 0, 255]
+    gt = {"a": [0, 0, 2, 1, 255], "b": [255, 1, 0, 2, 0]}
+    for stem, row in gt.items():
+        Image.fromarray(np.array([row], np.uint8)).save(tmp_path / "img" / f"{stem}_gt.png")
+    labelled = [Sample(s.stem, s.image, tmp_path / "img" / f"{s.stem}_gt.png") for s in samples]
+    meta = generate(_CodedSegmenter(3, (5, 1)), labelled, tmp_path / "pseudo")
+    assert _labels(tmp_path / "pseudo", "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}
+    quality = meta["quality_vs_ground_truth"]
+    # 8 labelled pixels; 5 of them kept (b's first kept pixel has no ground truth): a 0/0, 0/2, 1/1;
+    # b 0/0, 0/2 (pseudo/gt). Confusion cm[gt, pseudo]: (0,0) 2, (2,0) 2, (1,1) 1.
+    assert quality["images"] == 2 and quality["coverage"] == pytest.approx(5 / 8)
+    assert quality["precision"] == pytest.approx(3 / 5)
+    assert quality["precision_per_class"] == {"class_0": 0.5, "class_1": 1.0, "class_2": None}
+    assert quality["mIoU"] == pytest.approx((2 / 4 + 1 + 0) / 3)           # class 2: 0 of its 2 pixels
+    assert "not a training input" in quality["note"]
 
 
 def test_generate_fixed_rule_batches_workers_and_small_soft_maps(tmp_path, loader_calls):
@@ -726,3 +754,31 @@ def test_generate_accepts_the_ends_of_the_percentile_range(tmp_path, percentile,
     assert meta["pixels_kept"]["class_0"] == kept_class_0
     with pytest.raises(ValueError, match=r"--percentile must be in \(0, 100\], got 100.5"):
         generate(_CodedSegmenter(3, (1, 1)), [], tmp_path / "bad", percentile=100.5)
+
+
+def test_pseudo_label_quality_benchmark_scores_folders(tiny_prepared, tmp_path, capsys):
+    """benchmarks/pseudo_label_quality.py: a folder holding the ground truth itself scores 100 %,
+    one with every label on a single class scores that class's pixel share, on the real split."""
+    import importlib.util
+
+    from domains.prepared import PreparedDataset
+    from segmenters.io import read_label, write_png
+
+    spec = importlib.util.spec_from_file_location("plq", REPO / "benchmarks" / "pseudo_label_quality.py")
+    plq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plq)
+    dataset = PreparedDataset.load(tiny_prepared["target"])
+    samples = dataset.samples("train")
+    for name, fill in (("perfect", None), ("road", 0)):
+        for s in samples:
+            gt = read_label(s.label)
+            (tmp_path / name / s.stem).parent.mkdir(parents=True, exist_ok=True)
+            write_png(tmp_path / name / f"{s.stem}.png", gt if fill is None else np.full_like(gt, fill))
+    perfect = plq.folder_quality(tmp_path / "perfect", dataset, "train")
+    assert perfect["coverage"] == 1.0 and perfect["precision"] == 1.0 and perfect["mIoU"] == 1.0
+    road = plq.folder_quality(tmp_path / "road", dataset, "train")
+    gts = np.concatenate([read_label(s.label).ravel() for s in samples])
+    gts = gts[gts < 19]
+    assert road["coverage"] == 1.0 and road["precision"] == pytest.approx(np.mean(gts == 0), abs=1e-6)
+    assert plq.main(["--target", str(tiny_prepared["target"]), str(tmp_path / "perfect")]) == 0
+    assert "100.0" in capsys.readouterr().out
