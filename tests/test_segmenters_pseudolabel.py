@@ -564,6 +564,18 @@ def test_generate_scores_the_pseudo_labels_against_ground_truth(tmp_path):
     assert quality["precision_per_class"] == {"class_0": 0.5, "class_1": 1.0, "class_2": None}
     assert quality["mIoU"] == pytest.approx((2 / 4 + 1 + 0) / 3)           # class 2: 0 of its 2 pixels
     assert "not a training input" in quality["note"]
+    # the demo's table (workflow/scripts/show_table.py) prints these figures under the round they fed
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("show_table", REPO / "workflow/scripts/show_table.py")
+    show_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(show_table)
+    line = show_table.pseudo_quality(f"segmenter r1/final.pth; source src; pseudo {tmp_path / 'pseudo'}; translator t")
+    assert line.endswith("62.5 % of labelled target pixels kept, 60.0 % of them right, mIoU of the kept pixels 50.0")
+    assert show_table.pseudo_quality("segmenter r0/final.pth; source src") is None
+    unscored = generate(_CodedSegmenter(3, (5, 1)), samples, tmp_path / "unscored")   # no ground truth given
+    assert unscored["quality_vs_ground_truth"] is None
+    assert show_table.pseudo_quality(f"segmenter x; pseudo {tmp_path / 'unscored'}") is None
 
 
 def test_generate_fixed_rule_batches_workers_and_small_soft_maps(tmp_path, loader_calls):

@@ -4,7 +4,9 @@ Usage: python workflow/scripts/show_table.py results/minicity_bdl_semst.csv [...
 A missing or malformed table: one line naming the file, exit code 2.
 """
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,6 +36,22 @@ def read_table(path: str) -> pd.DataFrame:
     return table
 
 
+def pseudo_quality(stage: str) -> str | None:
+    """One line on the pseudo-labels a round trained on, from ``quality_vs_ground_truth`` of the
+    ``pseudo <folder>`` entry's ``meta.json`` (segmenters/pseudolabel.py); None when the stage has no
+    pseudo-labels or the folder was not scored (an unlabelled split, or written before the score)."""
+    folders = [part.split(" ", 1)[1] for part in str(stage).split("; ") if part.startswith("pseudo ")]
+    if not folders:
+        return None
+    try:
+        quality = json.loads((Path(folders[0]) / "meta.json").read_text()).get("quality_vs_ground_truth")
+        line = (f"{100 * quality['coverage']:.1f} % of labelled target pixels kept, {100 * quality['precision']:.1f} % "
+                f"of them right, mIoU of the kept pixels {100 * quality['mIoU']:.1f}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return f"pseudo-labels {folders[0]} against the ground truth: {line}"
+
+
 def show(path: str, table: pd.DataFrame | None = None) -> None:
     table = read_table(path) if table is None else table
     means = [c for c in MEANS if c in table]
@@ -46,6 +64,9 @@ def show(path: str, table: pd.DataFrame | None = None) -> None:
         print("\nstages:")
         for _, row in table.iterrows():
             print(f"  r{row['round']}: {row['stage']}")
+            quality = pseudo_quality(row["stage"])
+            if quality:
+                print(f"      {quality}")
 
 
 def main(argv=None) -> int:
