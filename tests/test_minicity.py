@@ -213,6 +213,26 @@ def test_appearance_gap(tree: Path) -> None:
     assert hf_t > 3.0 * hf_s + 1.0, (hf_t, hf_s)
 
 
+def test_target_layout_source_renders_the_target_on_the_source_priors(tmp_path: Path) -> None:
+    """--target-layout source: the target splits keep the Cityscapes formats and appearance but take
+    the source's scene priors (an appearance-only gap): much more sky and no ego bonnet than the
+    default target layout, and the manifest records the choice; an unknown layout is refused."""
+    import json
+    hists = {}
+    for layout in ("target", "source"):
+        out = tmp_path / layout
+        assert cli_main(["--out", str(out), "--n-source", "1", "--n-train", "12", "--n-val", "0", "--workers", "1",
+                         "--width", "96", "--height", "48", "--target-layout", layout, "--no-progress"]) == 0
+        assert json.loads((out / MANIFEST).read_text())["options"]["target_layout"] == layout
+        hists[layout] = _train_hist(_cs_label_files(out, "train"), lambda p: np.asarray(Image.open(p)),
+                                    np.arange(256, dtype=np.uint8))
+    sky = {k: h[23] / h.sum() for k, h in hists.items()}  # Cityscapes id 23 = sky, id 1 = ego vehicle
+    assert sky["source"] > 2 * sky["target"], sky
+    assert hists["target"][1] > 0 and hists["source"][1] == 0
+    with pytest.raises(ValueError, match="target_layout"):
+        Options(out=str(tmp_path / "x"), target_layout="canyon")
+
+
 def test_appearance_gap_knob(tmp_path: Path) -> None:
     """--appearance-gap g moves the target's colours linearly towards the source's: 1 is the
     Cityscapes style itself, 0 the GTA5 colours; the same scenes (labels) whatever g."""

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance-gap", type=float, default=1.0,
                    help="size of the appearance gap, 0..1: 1 (default) renders the target in the Cityscapes style, "
                         "smaller values move its colours and image formation towards GTA5's")
+    p.add_argument("--target-layout", choices=("target", "source"), default="target",
+                   help="scene priors of the Cityscapes splits: target (default: street canyons, tall buildings, "
+                        "little sky) or source (the GTA5/SYNTHIA priors: only the appearance differs)")
     p.add_argument("--max-render-width", type=int, default=1024,
                    help="render wider outputs at this width and upscale (labels nearest, images bilinear)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (default min(4, CPUs))")
@@ -48,7 +51,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(
         out=args.out, gta5_size=args.gta5_size or source, synthia_size=args.synthia_size or source,
         cityscapes_size=args.target_size or both, n_source=args.n_source, n_train=args.n_train, n_val=args.n_val,
-        seed=args.seed, max_render_width=args.max_render_width, appearance_gap=args.appearance_gap)
+        seed=args.seed, max_render_width=args.max_render_width, appearance_gap=args.appearance_gap,
+        target_layout=args.target_layout)
 
 
 def main(argv: list[str] | None = None) -> int:

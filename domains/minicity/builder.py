@@ -48,6 +48,10 @@ class Options:
     seed: int = 0
     max_render_width: int = 1024  # larger outputs are rendered at this width and upscaled
     appearance_gap: float = 1.0  # 1: Cityscapes-style target appearance; < 1: moved towards GTA5's (render.blend)
+    # scene priors of the target splits: "target" (Cityscapes-like, the default) or "source" (the
+    # GTA5/SYNTHIA priors: an appearance-only gap, e.g. to tell a translator's content distortion
+    # caused by the class-prior gap from one caused by the appearance gap)
+    target_layout: str = "target"
 
     def __post_init__(self) -> None:
         for key in ("n_source", "n_train", "n_val"):
@@ -59,6 +63,8 @@ class Options:
                 raise ValueError(f"minicity option {key} must be at least 16x16, got {w}x{h}")
         if not 0.0 <= self.appearance_gap <= 1.0:
             raise ValueError(f"minicity option appearance_gap must lie in [0, 1], got {self.appearance_gap}")
+        if self.target_layout not in S.LAYOUTS:
+            raise ValueError(f"minicity option target_layout must be one of {sorted(S.LAYOUTS)}, got {self.target_layout!r}")
         if self.max_render_width < 64:
             raise ValueError(f"minicity option max_render_width must be >= 64, got {self.max_render_width}")
 
@@ -126,7 +132,7 @@ def _job(args: tuple) -> tuple[str, np.ndarray]:
         return "source", counts
     split = kind
     count = opts.n_train if split == "train" else opts.n_val
-    scene = S.sample_scene(_rng(opts.seed, _SCENE[split], index), S.TARGET_LAYOUT)
+    scene = S.sample_scene(_rng(opts.seed, _SCENE[split], index), S.LAYOUTS[opts.target_layout])
     rgb, label, _ = _draw(scene, opts.cityscapes_size, opts.max_render_width,
                           R.blend(R.GTA5, R.CITYSCAPES, opts.appearance_gap),
                           _rng(opts.seed, _RENDER["cityscapes"], _SCENE[split], index))

@@ -88,6 +88,9 @@ TARGET_LAYOUT = LayoutStyle(
     wall_prob=0.3, fence_prob=0.25, verge_prob=0.5, ego_hood=True,
 )
 
+#: the layouts by name (``Options.target_layout``)
+LAYOUTS: dict[str, LayoutStyle] = {style.name: style for style in (SOURCE_LAYOUT, TARGET_LAYOUT)}
+
 
 @dataclass(frozen=True)
 class Camera:
