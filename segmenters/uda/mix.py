@@ -29,7 +29,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 
@@ -108,6 +107,10 @@ def gaussian_blur(img: Tensor, kernel_size: tuple[int, int], sigma: float) -> Te
 
 def _jitter(img: Tensor, s: float, generator: torch.Generator | None) -> Tensor:
     """Colour jitter of one [0, 1] image ``(3, H, W)`` with strength s, random order."""
+    # imported here, not at module level: torchvision costs ~1 s of start-up in every job that
+    # imports the UDA methods, and only SePiCo/ProDA's strong augmentation calls it
+    import torchvision.transforms.v2.functional as TF
+
     ops = [
         lambda x: TF.adjust_brightness(x, _uniform(generator, max(0.0, 1 - s), 1 + s)),
         lambda x: TF.adjust_contrast(x, _uniform(generator, max(0.0, 1 - s), 1 + s)),
