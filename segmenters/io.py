@@ -139,11 +139,13 @@ def default_device() -> str:
 
 
 def batched_probabilities(segmenter: Any, dataset: InferenceSet, batch_size: int = 1, workers: int = 0,
-                          softmax: bool = False, desc: str = "predict", trim_every: int = 25
+                          softmax: bool = False, desc: str = "predict", trim_every: int = 25, flip: bool = False
                           ) -> Iterator[tuple[dict, torch.Tensor]]:
     """Yield ``(batch, out)`` with ``out`` (B, C, h, w) float32 logits (or softmax probabilities when
     ``softmax``) at the inference size, one batch at a time, under ``torch.inference_mode``.
 
+    ``flip``: ``out`` is the mean of the outputs for the images and their horizontal mirrors (mirrored
+    back), flip test-time augmentation; it doubles the inference time.
     Normalisation, AMP and channels_last on CUDA are the segmenter's (``segmenters.loader``).
     Every ``trim_every`` images, free heap memory is returned to the OS (:func:`release_free_memory`).
     """
@@ -153,13 +155,20 @@ def batched_probabilities(segmenter: Any, dataset: InferenceSet, batch_size: int
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
             images = batch["image"].to(device, non_blocking=True)
-            logits = segmenter.predict_logits(images).float()
-            yield batch, (torch.softmax(logits, dim=1) if softmax else logits)
-            del images, logits
+            out = _scores(segmenter, images, softmax)
+            if flip:
+                out = (out + _scores(segmenter, images.flip(-1), softmax).flip(-1)) / 2
+            yield batch, out
+            del images, out
             seen += len(batch["index"])
             if trim_every and seen >= trim_every:
                 release_free_memory()
                 seen = 0
+
+
+def _scores(segmenter: Any, images: torch.Tensor, softmax: bool) -> torch.Tensor:
+    logits = segmenter.predict_logits(images).float()
+    return torch.softmax(logits, dim=1) if softmax else logits
 
 
 def resize_maps(maps: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:

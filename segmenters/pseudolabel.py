@@ -78,6 +78,7 @@ class PseudoLabelRule:
     percentile: float = 50.0
     cap: float = 0.9
     threshold: float = 0.9
+    flip: bool = False
 
 
 #: the rules of ``--rule`` (workflow: ``uda.<uda>.pseudo_rule``)
@@ -162,7 +163,7 @@ def _soft_size(size_hw: Sequence[int], scale: float) -> tuple[int, int]:
 
 
 def predict_pass(segmenter, samples: Sequence[Sample], work: Path, soft_scale: float | None = None,
-                 batch_size: int = 1, workers: int = 0) -> np.ndarray:
+                 batch_size: int = 1, workers: int = 0, flip: bool = PseudoLabelRule.flip) -> np.ndarray:
     """Pass 1: provisional argmax PNGs + confidences.h5 in ``work``; returns the (C, CODES) counts."""
     import h5py
 
@@ -176,7 +177,7 @@ def predict_pass(segmenter, samples: Sequence[Sample], work: Path, soft_scale: f
         h5.attrs["soft_scale"] = float(soft_scale) if soft_scale else 0.0
         h5.attrs["layout"] = "maxprob/<stem>: float16 (H, W); soft/<stem>: float16 (C, h, w) when soft_scale > 0"
         for batch, probs in batched_probabilities(segmenter, dataset, batch_size, workers, softmax=True,
-                                                  desc="pseudolabel"):
+                                                  desc="pseudolabel", flip=flip):
             for i, (index, size) in enumerate(zip(batch["index"], batch["size"])):
                 stem = samples[index].stem
                 up = resize_maps(probs[i:i + 1], size)
@@ -284,7 +285,8 @@ def class_names(num_classes: int) -> list[str]:
 def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = PseudoLabelRule.rule,
              threshold: float = PseudoLabelRule.threshold, percentile: float = PseudoLabelRule.percentile,
              cap: float = PseudoLabelRule.cap, soft_scale: float | None = None,
-             batch_size: int = 1, workers: int = 0, extra_meta: dict | None = None) -> dict:
+             batch_size: int = 1, workers: int = 0, extra_meta: dict | None = None,
+             flip: bool = PseudoLabelRule.flip) -> dict:
     """Write a complete pseudo-label folder at ``out`` (atomically); returns its meta.json content."""
     if rule not in RULES:
         raise ValueError(f"unknown pseudo-label rule {rule!r}; use 'bdl' or 'fixed'")
@@ -293,7 +295,7 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
     if soft_scale is not None and not 0.0 < soft_scale <= 1.0:
         raise ValueError(f"--soft-scale must be in (0, 1], got {soft_scale}")
     with staged_output_dir(Path(out)) as work:
-        counts = predict_pass(segmenter, samples, work, soft_scale, batch_size, workers)
+        counts = predict_pass(segmenter, samples, work, soft_scale, batch_size, workers, flip)
         thresholds = class_thresholds(counts, rule, percentile, cap, threshold)
         predicted, kept, quality = threshold_pass(samples, work, thresholds)
         num_classes = thresholds.shape[0]
@@ -308,6 +310,7 @@ def generate(segmenter, samples: Sequence[Sample], out: str | Path, rule: str = 
             "threshold_statistic": ("x[int(np.round(n * percentile / 100))] of the class's n sorted float16 "
                                     "confidences, capped (BDL SSL.py)") if rule == "bdl" else None,
             "confidence_dtype": "float16",
+            "flip": flip,
             "soft_scale": soft_scale,
             "num_images": len(samples),
             "ignore_index": IGNORE_INDEX,
@@ -334,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-class percentile of --rule bdl (BDL: %(default)g)")
     p.add_argument("--cap", type=float, default=PseudoLabelRule.cap,
                    help="upper bound of the per-class thresholds (BDL: %(default)g)")
+    p.add_argument("--flip", action="store_true", default=PseudoLabelRule.flip,
+                   help="probabilities = mean over the image and its horizontal mirror (flip test-time "
+                        "augmentation; BDL's SSL.py does not; doubles the inference time)")
     p.add_argument("--soft-scale", type=float, default=None,
                    help="also store softmax probabilities at this fraction of the native size (float16)")
     add_runtime_flags(p)
@@ -360,7 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     ckpt_meta = {k: segmenter.meta.get(k) for k in ("arch", "preset", "uda", "iter", "test_scale")}
     meta = generate(segmenter, samples, args.out, rule=args.rule, threshold=args.threshold,
                     percentile=args.percentile, cap=args.cap, soft_scale=args.soft_scale,
-                    batch_size=args.batch_size, workers=args.workers,
+                    batch_size=args.batch_size, workers=args.workers, flip=args.flip,
                     extra_meta={"checkpoint": str(args.checkpoint), "checkpoint_meta": ckpt_meta,
                                 "target": str(args.target), "split": args.split})
     logger.info("wrote %s: %.1f%% of pixels kept", args.out, 100 * meta["fraction_kept_total"])

@@ -316,7 +316,7 @@ def test_proda_threshold_has_one_source():
 
 
 #: the pseudo-label settings (PseudoLabelRule's fields) and their flags
-PSEUDO_FIELDS = ("rule", "threshold", "percentile", "cap")
+PSEUDO_FIELDS = ("rule", "threshold", "percentile", "cap", "flip")
 
 
 def _literal_defaults(path: Path, names: tuple[str, ...], flags: tuple[str, ...]) -> list[str]:
@@ -350,9 +350,10 @@ def test_pseudolabel_rule_has_one_source():
     assert (rule.rule, rule.percentile, rule.cap) == ("bdl", 50.0, 0.9)       # BDL SSL.py
     action = next(a for a in pl.build_parser()._actions if a.dest == "rule")
     assert tuple(action.choices) == pl.RULES
-    for fn in (pl.class_thresholds, pl.generate):
+    assert rule.flip is False                                                  # SSL.py: no test-time flip
+    for fn, names in ((pl.class_thresholds, PSEUDO_FIELDS[:4]), (pl.generate, PSEUDO_FIELDS), (pl.predict_pass, ("flip",))):
         params = inspect.signature(fn).parameters
-        assert {f: params[f].default for f in PSEUDO_FIELDS} == {f: getattr(rule, f) for f in PSEUDO_FIELDS}, fn
+        assert {f: params[f].default for f in names} == {f: getattr(rule, f) for f in names}, fn
     assert not _literal_defaults(REPO / "segmenters" / "pseudolabel.py", PSEUDO_FIELDS,
                                  tuple(f"--{f}" for f in PSEUDO_FIELDS))
     schema_rule = SCHEMA["$defs"]["uda"]["properties"]["pseudo_rule"]

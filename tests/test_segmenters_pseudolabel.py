@@ -736,7 +736,8 @@ def test_pseudolabel_cli_arguments(capsys):
     parser = build_parser()
     base = ["--checkpoint", "c", "--target", "t", "--out", "o"]
     defaults = parser.parse_args(base)
-    assert (defaults.batch_size, defaults.workers, defaults.soft_scale) == (1, 0, None)
+    assert (defaults.batch_size, defaults.workers, defaults.soft_scale, defaults.flip) == (1, 0, None, False)
+    assert parser.parse_args(base + ["--flip"]).flip is True
     assert [parser.parse_args(base + ["--rule", r]).rule for r in ("bdl", "fixed")] == ["bdl", "fixed"]
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(base + ["--rule", "median"])
@@ -794,3 +795,36 @@ def test_pseudo_label_quality_benchmark_scores_folders(tiny_prepared, tmp_path, 
     assert road["coverage"] == 1.0 and road["precision"] == pytest.approx(np.mean(gts == 0), abs=1e-6)
     assert plq.main(["--target", str(tiny_prepared["target"]), str(tmp_path / "perfect")]) == 0
     assert "100.0" in capsys.readouterr().out
+
+
+class _LeftRightSegmenter(_CodedSegmenter):
+    """Not mirror-equivariant: class 0's logit is the pixel's column, class 1's is 0, whatever the image."""
+
+    def predict_logits(self, images):
+        import torch
+
+        b, _, h, w = images.shape
+        col = torch.arange(w, dtype=torch.float32).expand(b, h, w)
+        return torch.stack([col, torch.zeros_like(col)], dim=1)
+
+
+def test_flip_averages_the_mirrored_prediction(tmp_path):
+    """--flip (flip test-time augmentation): the probabilities are the mean of the image's and its
+    mirror's, mirrored back; a mirror-equivariant model's labels do not change, and meta.json says so."""
+    import torch
+
+    from segmenters.io import InferenceSet, batched_probabilities
+    from segmenters.pseudolabel import generate
+
+    samples = _coded_samples(tmp_path / "img", CODED)
+    dataset = InferenceSet([s.image for s in samples], (5, 1))
+    plain = [p for _, p in batched_probabilities(_LeftRightSegmenter(2, (5, 1)), dataset, softmax=True)]
+    flipped = [p for _, p in batched_probabilities(_LeftRightSegmenter(2, (5, 1)), dataset, softmax=True, flip=True)]
+    p0 = torch.sigmoid(torch.arange(5.0))                      # softmax([j, 0])[0] at column j
+    torch.testing.assert_close(plain[0][0, 0, 0], p0)
+    torch.testing.assert_close(flipped[0][0, 0, 0], (p0 + p0.flip(0)) / 2)
+    torch.testing.assert_close(flipped[0].sum(dim=1), torch.ones(1, 1, 5))
+    out = tmp_path / "pseudo"
+    meta = generate(_CodedSegmenter(3, (5, 1)), samples, out, flip=True)
+    assert meta["flip"] is True and meta["thresholds"] == {"class_0": 0.625, "class_1": 0.9, "class_2": 0.0}
+    assert _labels(out, "ab") == {"a": [255, 0, 0, 1, 255], "b": [0, 255, 0, 0, 255]}   # as without --flip
