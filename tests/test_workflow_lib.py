@@ -135,6 +135,20 @@ def test_planned_methods_are_refused_with_the_key():
     wfc.check_combination(config, "minicity", "oracle", "none")
 
 
+def test_warmup_round_labels_only_for_methods_with_offline_pseudo_labels():
+    config = default_config()
+    assert config["uda"]["bdl"]["round_labels"] == "previous"  # the schema's default: the workflow's order
+    for uda in ("bdl", "ldr"):
+        config["uda"][uda]["round_labels"] = "warmup"
+        wfc.check_combination(config, "minicity", uda, "none")
+    config["uda"]["sepico"]["round_labels"] = "warmup"  # online pseudo-labels only
+    with pytest.raises(wfc.ConfigError, match=r"uda\.sepico\.round_labels.*uda\.sepico\.pseudo_labels"):
+        wfc.check_combination(config, "minicity", "sepico", "none")
+    config["uda"]["proda"]["round_labels"] = "warmup"  # its stages set their own inputs
+    with pytest.raises(wfc.ConfigError, match=r"uda\.proda\.round_labels.*multi-stage"):
+        wfc.check_combination(config, "minicity", "proda", "none")
+
+
 def test_ambiguous_names_are_rejected():
     config = default_config()
     wfc.check_names(config)

@@ -7,6 +7,7 @@ the affected stage and what follows it.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -137,6 +138,37 @@ def test_code_change_reruns_the_stage_and_downstream_only(env):
     finally:
         segment_file.write_text(original)
     assert "Nothing to be done" in run(env, "-n", TARGET).stdout
+
+
+def test_warmup_order_trains_round_1_on_its_own_warmup_segmenter(env, tmp_path):
+    """uda.bdl.round_labels: warmup (BDL's Algorithm 1): round 1 first trains a warm-up segmenter without
+    labels on round 1's source, and round 1 starts from it and trains on its labels, not round 0's."""
+    warm = tmp_path / "warmup.yaml"
+    warm.write_text(yaml.safe_dump({"uda": {"bdl": {"round_labels": "warmup"}}}))
+    target = "results/minicity_bdl_none.csv"
+    result = run(env, target, "--configfile", str(env["config"]), str(warm))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    work = env["work"]
+    table = pd.read_csv(work / target)
+    assert table["round"].tolist() == [0, 1]
+    assert "pseudo data/pseudo/minicity/bdl_none/r1_warmup" in table["stage"].iloc[1]
+    warmup = "results/runs/minicity/bdl_none/r1_warmup/final.pth"
+    assert (work / warmup).exists()
+    meta = json.loads((work / "data/pseudo/minicity/bdl_none/r1_warmup/meta.json").read_text())
+    assert meta["checkpoint"] == warmup
+    assert not (work / "data/pseudo/minicity/bdl_none/r0").exists()  # round 0's labels train nothing here
+    warm_cmd = _launched(work / "logs/minicity/segment/bdl_none_r1_warmup.log")
+    round_cmd = _launched(work / "logs/minicity/segment/bdl_none_r1.log")
+    assert "--pseudo" not in warm_cmd and "--init results/runs/minicity/bdl_none/r0/final.pth" in warm_cmd
+    assert "--pseudo data/pseudo/minicity/bdl_none/r1_warmup" in round_cmd and f"--init {warmup}" in round_cmd
+    assert (work / "results/plots/minicity/bdl_none/r1_warmup/pseudo.png").stat().st_size > 0
+    assert "Nothing to be done" in run(env, "-n", target, "--configfile", str(env["config"]), str(warm)).stdout
+
+
+def _launched(log: Path) -> str:
+    """The training command the resumable launcher ran (its `resumable: <command>` line)."""
+    return next(line for line in log.read_text().splitlines()
+                if line.startswith("resumable: ") and " -m segmenters train " in line)
 
 
 def test_more_rounds_in_the_config_rebuild_a_finished_run(env, tmp_path):

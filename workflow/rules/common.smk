@@ -115,6 +115,7 @@ WILDCARDS = {
     "dataset": r"[A-Za-z0-9_]+",
     "mc": r"[A-Za-z0-9_]+",
     "tag": r"[a-z0-9_]+",
+    "labelset": r"r(?:0|[1-9][0-9]*)(?:_warmup)?",
 }
 
 
@@ -320,8 +321,26 @@ def segmenter_ckpt(pair, uda, translator, k):
 
 
 def pseudo_meta(pair, uda, translator, j):
-    """Pseudo-labels predicted by segmenter j (consumed by round j + 1)."""
+    """Pseudo-labels predicted by segmenter j (consumed by round j + 1 in the `previous` order)."""
     return wfs.PSEUDO.format(pair=pair, uda=uda, translator=translator, k=j)
+
+
+def warmup_order(uda):
+    """True when round k >= 1 first trains a warm-up segmenter without labels and self-trains on its
+    labels (`uda.<uda>.round_labels: warmup`, BDL's Algorithm 1 with one self-training step)."""
+    return uda_cfg(uda)["round_labels"] == "warmup"
+
+
+def warmup_ckpt(pair, uda, translator, k):
+    return wfs.WARMUP_SEGMENTER.format(pair=pair, uda=uda, translator=translator, k=k)
+
+
+def round_labels(pair, uda, translator, k):
+    """meta.json of the pseudo-labels round k >= 1 trains on: round k - 1's segmenter's, or in the
+    warm-up order the warm-up segmenter's of round k itself."""
+    if warmup_order(uda):
+        return wfs.WARMUP_PSEUDO.format(pair=pair, uda=uda, translator=translator, k=k)
+    return pseudo_meta(pair, uda, translator, int(k) - 1)
 
 
 def round_csv(pair, uda, translator, k):
@@ -398,18 +417,36 @@ def translator_round_input(wc):
             "src": src, "tgt": tgt, "config": translator_config_file(wc.pair, wc.translator)}
 
 
-def segmenter_input(wc):
+def segmenter_input(wc, warmup=False):
+    """Inputs of round k's segmenter, or with `warmup` of round k's warm-up segmenter (no labels; in the
+    warm-up order round k then starts from it when init_from_previous, and trains on its labels)."""
     k = check_round(wc.pair, wc.uda, wc.translator, wc.k)
     u = uda_cfg(wc.uda)
     inputs = {"src": source_dir(wc.pair), "tgt": target_dir(wc.pair)}
     refined = refined_manifest(wc.pair, wc.uda, wc.translator, k)
     if refined:
         inputs["refined"] = refined
-    if k > 0 and u["pseudo_labels"]:
-        inputs["pseudo"] = pseudo_meta(wc.pair, wc.uda, wc.translator, k - 1)
+    if k > 0 and u["pseudo_labels"] and not warmup:
+        inputs["pseudo"] = round_labels(wc.pair, wc.uda, wc.translator, k)
     if k > 0 and pair_cfg(wc.pair)["segmenter"]["init_from_previous"]:
-        inputs["init"] = segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1)
+        from_warmup = warmup_order(wc.uda) and u["pseudo_labels"] and not warmup
+        inputs["init"] = (warmup_ckpt(wc.pair, wc.uda, wc.translator, k) if from_warmup
+                          else segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1))
     return inputs
+
+
+def warmup_input(wc):
+    """Round k's warm-up segmenter: only in the warm-up order and from round 1 on."""
+    k = check_round(wc.pair, wc.uda, wc.translator, wc.k)
+    if k == 0 or not warmup_order(wc.uda):
+        raise WorkflowError(f"no warm-up segmenter for round r{k} of '{wc.uda}': one exists from round 1 on when "
+                            f"config key 'uda.{wc.uda}.round_labels' is 'warmup'")
+    return segmenter_input(wc, warmup=True)
+
+
+def warmup_pseudolabel_input(wc):
+    warmup_input(wc)  # the same refusals
+    return {"segmenter": warmup_ckpt(wc.pair, wc.uda, wc.translator, wc.k), "tgt": target_dir(wc.pair)}
 
 
 def segmenter_flags(wc, input):
@@ -543,8 +580,8 @@ def final_table_input(wc):
     for manifest in dict.fromkeys(r for r in refined if r):  # each refined set once
         inputs["figures"].append(manifest.replace("data/refined/", "results/plots/").replace("manifest.json", "samples.png"))
     if uda_cfg(uda)["pseudo_labels"]:
-        inputs["figures"] += [pseudo_meta(wc.pair, uda, translator, j).replace("data/pseudo/", "results/plots/")
-                              .replace("meta.json", "pseudo.png") for j in range(n - 1)]
+        inputs["figures"] += [round_labels(wc.pair, uda, translator, k).replace("data/pseudo/", "results/plots/")
+                              .replace("meta.json", "pseudo.png") for k in range(1, n)]
     return inputs
 
 
@@ -570,7 +607,7 @@ def stage_descriptions(wc, input):
         else:
             parts.append(f"source {dirname_of(refined)}" if refined else f"source raw {raw_source}")
         if k > 0 and uda_cfg(uda)["pseudo_labels"]:
-            parts.append(f"pseudo {dirname_of(pseudo_meta(wc.pair, uda, translator, k - 1))}")
+            parts.append(f"pseudo {dirname_of(round_labels(wc.pair, uda, translator, k))}")
         if refined:
             parts.append(f"translator {translator_ckpt(wc.pair, uda, translator, k)}")
             guide = guide_segmenter(wc.pair, translator) if k == 0 else None

@@ -1,5 +1,7 @@
 # Offline pseudo-labels on the target train split, predicted by segmenter j and consumed by round
-# j + 1 (data/pseudo/<pair>/<uda>_<translator>/r<j>: PNGs + confidences.h5 + meta.json, last).
+# j + 1 (data/pseudo/<pair>/<uda>_<translator>/r<j>: PNGs + confidences.h5 + meta.json, last); in the
+# warm-up order (uda.<uda>.round_labels: warmup) predicted by round k's warm-up segmenter and consumed
+# by round k (.../r<k>_warmup).
 
 
 rule pseudolabel:
@@ -25,3 +27,14 @@ rule pseudolabel:
     shell:
         "{params.python} -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}"
         " --out {params.out} {params.flags} > {log} 2>&1"
+
+
+use rule pseudolabel as pseudolabel_warmup with:
+    input:
+        unpack(warmup_pseudolabel_input),
+    output:
+        wfs.WARMUP_PSEUDO,
+    log:
+        "logs/{pair}/pseudolabel/{uda}_{translator}_r{k}_warmup.log",
+    benchmark:
+        "results/benchmarks/{pair}/pseudolabel/{uda}_{translator}_r{k}_warmup.tsv"

@@ -100,15 +100,15 @@ rule sample_grid:
 rule pseudo_grid:
     """Target images, their pseudo-labels and ground truth (first rows of a pseudo-label set)."""
     input:
-        meta="data/pseudo/{pair}/{tag}/r{k}/meta.json",
+        meta="data/pseudo/{pair}/{tag}/{labelset}/meta.json",
         tgt=lambda wc: target_dir(wc.pair),
     output:
         report(
-            "results/plots/{pair}/{tag}/r{k}/pseudo.png",
+            "results/plots/{pair}/{tag}/{labelset}/pseudo.png",
             caption="../report/pseudo.rst",
             category=wfrs.PSEUDO,
             subcategory="{pair}",
-            labels={"run": "{tag}", "from segmenter": "r{k}"},
+            labels={"run": "{tag}", "from segmenter": "{labelset}"},
         ),
     params:
         n=4,
@@ -118,7 +118,7 @@ rule pseudo_grid:
         mem_mb=resource("report", "mem_mb"),
         runtime=resource("report", "runtime"),
     log:
-        "logs/{pair}/report/{tag}_r{k}_pseudo.log",
+        "logs/{pair}/report/{tag}_{labelset}_pseudo.log",
     conda:
         "../../environment.yml"
     script:

@@ -26,3 +26,17 @@ rule segmenter_train:
         "../../environment.yml"
     shell:
         wfr.segmenter_train_shell("{wildcards.uda}")
+
+
+# Warm-up segmenter of round k >= 1 (uda.<uda>.round_labels: warmup; BDL's Algorithm 1, the round's
+# M0): segmenter_train's job on round k's source and iterations without pseudo-labels; its labels
+# (pseudolabel_warmup) and, with init_from_previous, its weights then train round k.
+use rule segmenter_train as segmenter_warmup with:
+    input:
+        unpack(warmup_input),
+    output:
+        wfs.WARMUP_SEGMENTER,
+    log:
+        wfr.log_file("segment", "{uda}_{translator}_r{k}_warmup"),
+    benchmark:
+        wfr.benchmark_file("segment", "{uda}_{translator}_r{k}_warmup"),

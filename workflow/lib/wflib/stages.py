@@ -33,6 +33,9 @@ from wflib.stage_defaults import PRODA_PARTS, literal_default
 #: paths of one round of a (uda, translator) combination (the generic rules' outputs)
 SEGMENTER = "results/runs/{pair}/{uda}_{translator}/r{k}/final.pth"
 PSEUDO = "data/pseudo/{pair}/{uda}_{translator}/r{k}/meta.json"
+#: round k's warm-up segmenter and its pseudo-labels (``uda.<uda>.round_labels: warmup``, BDL's order)
+WARMUP_SEGMENTER = "results/runs/{pair}/{uda}_{translator}/r{k}_warmup/final.pth"
+WARMUP_PSEUDO = "data/pseudo/{pair}/{uda}_{translator}/r{k}_warmup/meta.json"
 #: the generic rules a training / pseudo-label stage replaces for its method's paths (ruleorder)
 GENERIC_RULE = {"train": "segmenter_train", "pseudo": "pseudolabel"}
 
@@ -325,4 +328,5 @@ for _method in METHODS.values():
 __all__ = ["GENERIC_RULE", "METHODS", "MethodStages", "PRODA", "PSEUDO", "PseudoStage", "Rounds", "SEGMENTER",
            "SourceDefault", "StageError", "TrainStage", "append_cfg_option", "check_method", "fill",
            "integers_from", "job_name", "placeholders", "PSEUDO_SHELL", "pseudo_params", "pseudo_path", "pseudo_shell", "read_values", "rule_order",
-           "segmenter_path", "stage_of", "stage_round", "stage_title", "stage_values"]
+           "segmenter_path", "stage_of", "stage_round", "stage_title", "stage_values", "WARMUP_PSEUDO",
+           "WARMUP_SEGMENTER"]
