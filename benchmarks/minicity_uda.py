@@ -11,7 +11,9 @@ mean ± std over seeds, per-class IoU, every round, the gap-closed fraction)::
 The rows and the scale come from ``config/experiments/minibench.yaml`` (pair ``minibench``,
 ``config/pairs/minibench.yaml``). A seed's DAG that finished is not rerun (Snakemake sees its
 outputs), so an interrupted benchmark continues where it stopped. Wall time per seed is printed
-and written to ``<out>/<pair>_wall_time.csv``.
+and written to ``<out>/<pair>_wall_time.csv``; the machine of each seed's last call (host, CPU
+capability, torch) to ``<out>/seed<s>/results/<pair>_machine.json``: a seed's figures are the same
+only on one CPU kind and thread count.
 
 ``--keep DIR`` copies each finished seed's evaluation files (no checkpoints, images or data) to
 ``DIR/<pair>_seed<s>/`` with their paths under the working directory, which is how
@@ -23,6 +25,9 @@ working directories::
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -71,10 +76,30 @@ def snakemake_command(pair: str, seed: int, workdir: Path, cores: int, experimen
 
 
 # What a kept seed holds, as globs under its working directory ({pair} filled in): per-round scores
-# and confusions, final and summary tables, translation scores and distortions, job benchmarks.
+# and confusions, final and summary tables, translation scores and distortions, job benchmarks, and
+# the machine that ran it.
 KEEP_GLOBS = ("results/{pair}_*.csv", "results/{pair}/*/r*.csv", "results/{pair}/*/r*.confusion.npy",
               "results/{pair}/translation/**/*.csv", "results/{pair}/translation/**/*.npy",
-              "results/benchmarks/**/*.tsv")
+              "results/benchmarks/**/*.tsv", "results/{pair}_machine.json")
+
+
+def machine_info(cores: int) -> dict:
+    """The machine a seed ran on. A seed's figures are bit-identical only on one CPU kind and thread
+    count (docs/bench/README.md, "BDL's own round order, and the same seeds run again"), so figures
+    from different machines are different draws and must say so."""
+    import torch
+
+    return {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "python": platform.python_version(), "snakemake_cores": cores}
+
+
+def write_machine_info(workdir: Path, pair: str, cores: int) -> Path:
+    """``<workdir>/results/<pair>_machine.json``: :func:`machine_info` of the machine running this call."""
+    path = workdir / "results" / f"{pair}_machine.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(machine_info(cores), indent=1) + "\n")
+    return path
 
 
 def kept_files(workdir: Path, pair: str) -> list[Path]:
@@ -133,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = out / f"seed{seed}"
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = snakemake_command(args.pair, seed, workdir, args.cores, experiment, args.dry_run)
+        if not args.dry_run:
+            write_machine_info(workdir, args.pair, args.cores)
         seconds = run(cmd, None if args.dry_run else workdir / "snakemake.log")
         walls.append((seed, seconds))
         print(f"seed {seed}: {'planned' if args.dry_run else 'ran'} in {seconds:.0f} s ({seconds / 60:.1f} min)",

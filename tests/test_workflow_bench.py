@@ -4,6 +4,7 @@ by the benchmark driver's own command.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,8 @@ def test_two_iteration_run_of_every_row(tmp_path):
     files = {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()}
     assert "results/minibench/bdl_semst/r1.csv" in files and "results/minibench_uda_table.csv" in files
     assert "results/minibench/oracle_none/r0.confusion.npy" in files
+    machine = json.loads((kept / "results/minibench_machine.json").read_text())   # which machine made these
+    assert machine == minicity_uda.machine_info(2) and machine["cpu_capability"]
     assert not [f for f in files if f.endswith((".pth", ".pt", ".png")) or f.startswith("data/")]
     again = tmp_path / "again"
     subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / "compare.py"), "--pair", "minibench",
@@ -97,7 +100,8 @@ def test_keep_copies_evaluation_files_only(tmp_path):
     work, dest = tmp_path / "seed0", tmp_path / "kept"
     wanted = ["results/minibench_bdl_none.csv", "results/minibench/bdl_none/r0.csv",
               "results/minibench/bdl_none/r0.confusion.npy", "results/minibench/translation/cut/fcn.csv",
-              "results/minibench/translation/cut/distortion.npy", "results/benchmarks/minibench/segment/x_r0.tsv"]
+              "results/minibench/translation/cut/distortion.npy", "results/benchmarks/minibench/segment/x_r0.tsv",
+              "results/minibench_machine.json"]
     other = ["results/runs/minibench/bdl_none/r0/final.pth", "results/minicity_bdl_none.csv",
              "results/minibench/bdl_none/pseudo.png", "data/prepared/minibench_gta5/meta.json",
              "results/plots/minibench/translation/cut_distortion.png"]
