@@ -429,8 +429,8 @@ def segmenter_input(wc, warmup=False):
     if k > 0 and u["pseudo_labels"] and not warmup:
         inputs["pseudo"] = round_labels(wc.pair, wc.uda, wc.translator, k)
     if k > 0 and pair_cfg(wc.pair)["segmenter"]["init_from_previous"]:
-        from_warmup = warmup_order(wc.uda) and u["pseudo_labels"] and not warmup
-        inputs["init"] = (warmup_ckpt(wc.pair, wc.uda, wc.translator, k) if from_warmup
+        # warmup with pseudo_labels false is refused by check_round (wflib check_combination)
+        inputs["init"] = (warmup_ckpt(wc.pair, wc.uda, wc.translator, k) if warmup_order(wc.uda) and not warmup
                           else segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1))
     return inputs
 

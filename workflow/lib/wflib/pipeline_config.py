@@ -256,13 +256,13 @@ def check_combination(config: dict, pair: str, uda: str, translator: str) -> Non
         raise ConfigError(f"uda '{uda}' consumes {wanted} translations (config key 'uda.{uda}.translator_direction') "
                           f"but translator '{translator}' is {translator_direction(t)} (config key "
                           f"'translators.{translator}.direction'); choose one of: {', '.join(fitting)}")
-    if u["round_labels"] == "warmup" and not (u["pseudo_labels"] and u["multi_round"]):
-        raise ConfigError(f"config key 'uda.{uda}.round_labels' is 'warmup' but uda '{uda}' trains on no offline "
-                          f"pseudo-labels in later rounds ('uda.{uda}.pseudo_labels' and 'uda.{uda}.multi_round' must "
-                          f"both be true); remove the key or use 'previous'")
     if u["round_labels"] == "warmup":
         from wflib.stages import METHODS  # here: stages is not needed by most of this module's users
 
+        if not (u["pseudo_labels"] and u["multi_round"]):
+            raise ConfigError(f"config key 'uda.{uda}.round_labels' is 'warmup' but uda '{uda}' trains on no offline "
+                              f"pseudo-labels in later rounds ('uda.{uda}.pseudo_labels' and 'uda.{uda}.multi_round' "
+                              f"must both be true); remove the key or use 'previous'")
         if uda in METHODS:
             raise ConfigError(f"config key 'uda.{uda}.round_labels' is 'warmup' but '{uda}' is a multi-stage method "
                               f"whose stages set their own inputs (workflow/lib/wflib/stages.py); use 'previous'")
