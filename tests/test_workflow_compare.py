@@ -193,6 +193,37 @@ def test_aggregation_over_seeds_matches_hand_numbers(seeds):
     assert "5 classes with ground-truth pixels" in md and "ddof=1" in md
 
 
+def test_per_class_gap_matches_hand_numbers(seeds):
+    result = wc.compare("p", seeds, ["0", "1", "2"], ROWS)
+    g = result.gaps.set_index("row")
+    # source-only means per class 55/45/35/25/0, oracle 82 everywhere, bdl_semst's best rounds 50/46/48 -> 48
+    gaps = {"road": 27.0, "building": 37.0, "vegetation": 47.0, "sky": 57.0, "car": 82.0}
+    for c, v in gaps.items():
+        assert g.loc["gap", c] == pytest.approx(v)
+        assert g.loc["share", c] == pytest.approx(v / 250.0)
+        assert g.loc["bdl_semst", c] == pytest.approx((48.0 - (82.0 - v)) / v)
+    assert g.loc["bdl_semst", "road"] < 0                                # below source-only on road
+    # the mIoU column is the summary's gap closed of the means
+    assert g.loc["bdl_semst", "mIoU"] == pytest.approx(result.summary.set_index("row").loc["bdl_semst", "gap_closed"])
+    assert list(g.index) == ["gap", "share", "bdl_none", "bdl_semst"]
+    md = wc.markdown_gap(result.gaps, result.class_names, "p")
+    assert "| bdl_semst: gap closed | -26 % |" in md and "| gap: oracle − source-only (IoU points) | 27.0 |" in md
+
+
+def test_per_class_gap_leaves_classes_without_a_gap_and_needs_both_references():
+    names = ["road", "sky"]
+    pc = pd.DataFrame([{"row": "source_only_none", "road": 50.0, "sky": 70.0, "mIoU": 60.0},
+                       {"row": "oracle_none", "road": 90.0, "sky": 60.0, "mIoU": 75.0},
+                       {"row": "x_none", "road": 70.0, "sky": 65.0, "mIoU": 67.5}])
+    g = wc.per_class_gap(pc, names).set_index("row")
+    assert g.loc["share", "road"] == 1.0 and g.loc["share", "sky"] == 0.0  # a negative gap is no share
+    assert g.loc["x_none", "road"] == pytest.approx(0.5) and np.isnan(g.loc["x_none", "sky"])
+    assert g.loc["x_none", "mIoU"] == pytest.approx(0.5)
+    assert "—" in wc.gap_cells(g.reset_index(), names)[1][2]
+    assert wc.per_class_gap(pc[pc["row"] != "oracle_none"], names).empty
+    assert wc.markdown_gap(wc.per_class_gap(pc[pc["row"] != "oracle_none"], names), names, "p") == ""
+
+
 def test_single_seed_has_no_std(seeds):
     result = wc.compare("p", seeds[:1], ["0"], ROWS)
     b = result.summary.set_index("row").loc["bdl_semst"]
@@ -214,6 +245,7 @@ def test_cli_writes_every_file_and_a_self_contained_page(seeds, tmp_path):
     assert pd.read_csv(out / "p_comparison.csv")["row"].tolist() == ["source_only_none", "oracle_none", "bdl_none", "bdl_semst"]
     page = (out / "p_comparison.html").read_text()
     assert "Per-class IoU (%) of the best round" in page and "<th>vegetation</th>" in page
+    assert "Where the gap is closed, per class" in page and "bdl_semst: gap closed" in page
     assert "<th scope='row'>bdl_semst</th>" in page and "bdl_none" in page and "+6.0 ± 3.5" in page
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(images) == 1 + 4                      # figure + 2 UDA rows, source-only, oracle heat maps

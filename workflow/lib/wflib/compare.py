@@ -434,6 +434,31 @@ def per_class_summary(frame: pd.DataFrame, class_names: Sequence[str], order: Se
     return pd.DataFrame(out, columns=cols)
 
 
+def per_class_gap(per_class: pd.DataFrame, class_names: Sequence[str], source_only: str = SOURCE_ONLY,
+                  oracle: str = ORACLE) -> pd.DataFrame:
+    """Where the gap is and which part of it each row closes, per class (best-round means).
+
+    Rows: ``gap`` (oracle - source-only IoU, points), ``share`` (that gap over the summed gap of all
+    classes: how much of the mIoU gap sits in the class), then one row per UDA row, its
+    :func:`gap_closed` per class; column ``mIoU`` holds the same figures of the mean (so a row's
+    ``mIoU`` equals the summary's gap closed of the means). A class without a gap (<= 0) is NaN.
+    Empty when either reference row is missing."""
+    by = per_class.set_index("row")
+    if source_only not in by.index or oracle not in by.index:
+        return pd.DataFrame(columns=["row", *class_names, "mIoU"])
+    cols = [*class_names, "mIoU"]
+    so, orc = by.loc[source_only, cols].astype(float), by.loc[oracle, cols].astype(float)
+    gap = orc - so
+    positive = gap[list(class_names)].clip(lower=0.0)
+    share = positive / positive.sum() if positive.sum() > 0 else positive * np.nan
+    out = [{"row": "gap", **gap.to_dict()}, {"row": "share", **share.to_dict(), "mIoU": 1.0 if positive.sum() > 0 else np.nan}]
+    for row in by.index:
+        if row not in (source_only, oracle):
+            out.append({"row": row, **dict(zip(cols, gap_closed(by.loc[row, cols].astype(float).to_numpy(),
+                                                                 so.to_numpy(), orc.to_numpy())))})
+    return pd.DataFrame(out, columns=["row", *cols])
+
+
 def baseline_deltas(frame: pd.DataFrame, order: Sequence[str] | None = None,
                     baseline: str = BASELINE_TRANSLATOR) -> pd.DataFrame:
     """Each translated row beside its raw-source baseline ``<uda>_<baseline>`` (best rounds): both means,
@@ -542,6 +567,22 @@ def per_class_cells(per_class: pd.DataFrame, class_names: Sequence[str]) -> tupl
     return header, rows
 
 
+def gap_cells(gaps: pd.DataFrame, class_names: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of :func:`per_class_gap`: the gap in IoU points, the shares and gap closed in %."""
+    header = ["row", *class_names, "mIoU"]
+    names = {"gap": "gap: oracle − source-only (IoU points)", "share": "share of the summed gap"}
+
+    def cell(value: float, points: bool) -> str:
+        if not math.isfinite(value):
+            return "—"
+        return f"{value:.1f}" if points else f"{100.0 * value:.0f} %"
+
+    rows = [[names.get(rec["row"], f"{rec['row']}: gap closed"),
+             *(cell(float(rec[c]), rec["row"] == "gap") for c in [*class_names, "mIoU"])]
+            for rec in gaps.to_dict("records")]
+    return header, rows
+
+
 def baseline_cells(deltas: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["row", "best mIoU", "raw-source baseline", "baseline best mIoU", "difference (paired per seed)"]
     rows = []
@@ -586,6 +627,15 @@ def markdown_per_class(per_class: pd.DataFrame, class_names: Sequence[str], pair
     """README-ready markdown: per-class IoU of the best round (mean ± std over seeds)."""
     return (f"**{pair}: per-class IoU (%) of the best round** ({len(class_names)} classes).\n\n"
             + _md_table(*per_class_cells(per_class, class_names)) + "\n")
+
+
+def markdown_gap(gaps: pd.DataFrame, class_names: Sequence[str], pair: str) -> str:
+    """README-ready markdown of :func:`per_class_gap` (empty without both references)."""
+    if gaps.empty:
+        return ""
+    return (f"**{pair}: where the source-only → oracle gap is, and the share of it each row closes, per "
+            "class** (best-round means; — where a class has no gap).\n\n" + _md_table(*gap_cells(gaps, class_names))
+            + "\n")
 
 
 def markdown_baselines(deltas: pd.DataFrame, pair: str) -> str:
@@ -634,7 +684,7 @@ figcaption{font-size:13px;text-align:center}p.note{font-size:13px;color:#444;max
 
 def html_page(pair: str, seeds: Sequence[str], class_note: str, summary: pd.DataFrame, per_class: pd.DataFrame,
               class_names: Sequence[str], deltas: pd.DataFrame, plot_png: bytes,
-              heatmaps: Sequence[tuple[str, bytes]], frame: pd.DataFrame) -> str:
+              heatmaps: Sequence[tuple[str, bytes]], frame: pd.DataFrame, gaps: pd.DataFrame | None = None) -> str:
     """One self-contained page: figure, summary, translator-vs-raw-source table, per-class IoU table,
     best-round confusion heat maps (PNG embedded as base64) and every seed's rounds."""
     esc = html.escape
@@ -651,6 +701,11 @@ def html_page(pair: str, seeds: Sequence[str], class_note: str, summary: pd.Data
     parts.append(f"<h2>Per-class IoU (%) of the best round</h2><p class='note'>{len(class_names)} classes; "
                  "bold: highest mean among the UDA rows (source-only and oracle excluded).</p><div class='scroll'>"
                  + _html_table(header, rows, _best_cells(per_class, class_names)) + "</div>")
+    if gaps is not None and not gaps.empty:
+        parts.append("<h2>Where the gap is closed, per class</h2><p class='note'>The source-only → oracle gap "
+                     "of each class (best-round means), its share of the summed gap, and the share of it each row "
+                     "closes; the mIoU column is the summary's gap closed.</p><div class='scroll'>"
+                     + _html_table(*gap_cells(gaps, class_names)) + "</div>")
     if heatmaps:
         parts.append("<h2>Confusion matrices of the best round</h2><p class='note'>Row-normalised (percent of "
                      "each ground-truth class), summed over seeds; the 3 best UDA rows, source-only and oracle. "
@@ -686,6 +741,7 @@ class Comparison:
     per_class: pd.DataFrame
     deltas: pd.DataFrame
     runs: list[Run]
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def compare(pair: str, workdirs: Sequence[str | os.PathLike], seeds: Sequence[str | int] | None = None,
@@ -724,9 +780,10 @@ def compare(pair: str, workdirs: Sequence[str | os.PathLike], seeds: Sequence[st
     frame = rounds_frame(runs, classes, names)
     order = [row_name(*r) for r in rows]
     class_names = [names[i] for i in classes]
+    per_class = per_class_summary(frame, class_names, order)
     return Comparison(pair, seeds, classes, class_names, names, class_set_note(classes, names, within), frame,
-                      summarize(frame, order), per_class_summary(frame, class_names, order),
-                      baseline_deltas(frame, order), runs)
+                      summarize(frame, order), per_class, baseline_deltas(frame, order), runs,
+                      per_class_gap(per_class, class_names))
 
 
 def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike], top: int = 3) -> dict[str, Path]:
@@ -742,7 +799,8 @@ def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike],
     write_csv_atomic(result.frame, paths["rounds"])
     md = "\n".join(t for t in (markdown_summary(result.summary, result.pair, result.seeds, result.class_note),
                                markdown_baselines(result.deltas, result.pair),
-                               markdown_per_class(result.per_class, result.class_names, result.pair)) if t)
+                               markdown_per_class(result.per_class, result.class_names, result.pair),
+                               markdown_gap(result.gaps, result.class_names, result.pair)) if t)
     atomic_write_text(paths["markdown"], md)
     n_seeds = len(result.seeds)
     figures.comparison_plot(result.summary, paths["plot"],
@@ -752,7 +810,8 @@ def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike],
                                                     result.classes, result.names, f"{row} (best round)"))
                 for row in heatmap_rows(result.summary, top)]
     page = html_page(result.pair, result.seeds, result.class_note, result.summary, result.per_class,
-                     result.class_names, result.deltas, paths["plot"].read_bytes(), heatmaps, result.frame)
+                     result.class_names, result.deltas, paths["plot"].read_bytes(), heatmaps, result.frame,
+                     result.gaps)
     atomic_write_text(paths["html"], page)
     return paths
 
@@ -760,7 +819,7 @@ def write_comparison(result: Comparison, paths: Mapping[str, str | os.PathLike],
 __all__ = ["BASELINE_TRANSLATOR", "COMBO_LIKE_NAMES", "Comparison", "CompareError", "OUTPUT_NAMES", "ORACLE", "Run",
            "SOURCE_ONLY", "baseline_deltas", "best_rounds", "caption", "class_iou", "class_set_note", "class_subset",
            "common_classes", "compare", "confusion_path", "confusions_of", "discover_rows", "final_table_path",
-           "gap_closed", "gt_pixels", "heatmap_rows", "html_page", "load_run", "load_runs", "load_seed",
-           "markdown_baselines", "markdown_per_class", "markdown_summary", "mean_iou", "mean_std", "order_rows",
-           "output_paths", "per_class_summary", "pooled_best_confusion", "rounds_frame", "stop_reason", "summarize",
+           "gap_cells", "gap_closed", "gt_pixels", "heatmap_rows", "html_page", "load_run", "load_runs", "load_seed",
+           "markdown_baselines", "markdown_gap", "markdown_per_class", "markdown_summary", "mean_iou", "mean_std", "order_rows",
+           "output_paths", "per_class_gap", "per_class_summary", "pooled_best_confusion", "rounds_frame", "stop_reason", "summarize",
            "write_comparison"]
