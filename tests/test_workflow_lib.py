@@ -420,3 +420,27 @@ def test_final_table_rows_best_and_decisions(tmp_path):
     rounds["class_set"] = 19
     table19 = final_table([str(p) for p in paths], [], rounds, "minicity", "bdl", "semst")
     assert "mIoU16" not in table19.columns
+
+
+def test_job_interpreter_has_one_spelling_per_interpreter(tmp_path):
+    """python / python3 of one environment give the same job interpreter (so `snakemake` after
+    `python -m snakemake` reruns nothing); a configured one, or one without a plain `python`, is kept."""
+    real = tmp_path / "bin" / "python3.11"
+    real.parent.mkdir()
+    real.write_text("")
+    (tmp_path / "bin" / "python3").symlink_to("python3.11")
+    (tmp_path / "bin" / "python").symlink_to("python3")
+    plain = str(tmp_path / "bin" / "python")
+    assert wfc.job_interpreter(None, str(tmp_path / "bin" / "python3")) == plain
+    assert wfc.job_interpreter(None, str(real)) == plain
+    assert wfc.job_interpreter(None, plain) == plain
+    assert wfc.job_interpreter("/opt/env/bin/python3", plain) == "/opt/env/bin/python3"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "python").write_text("")  # another file: another interpreter
+    (other / "python3").write_text("")
+    assert wfc.job_interpreter(None, str(other / "python3")) == str(other / "python3")
+    alone = tmp_path / "alone" / "python3"
+    alone.parent.mkdir()
+    alone.write_text("")
+    assert wfc.job_interpreter(None, str(alone)) == str(alone)

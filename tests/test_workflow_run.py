@@ -140,6 +140,19 @@ def test_code_change_reruns_the_stage_and_downstream_only(env):
     assert "Nothing to be done" in run(env, "-n", TARGET).stdout
 
 
+def test_other_spelling_of_the_interpreter_reruns_nothing(env):
+    """`snakemake` (its entry script runs .../bin/python3) after `python -m snakemake` (make bench)
+    plans nothing: the jobs record one spelling of the interpreter (wflib.pipeline_config.job_interpreter)."""
+    exe = Path(sys.executable)
+    other = next((exe.with_name(n) for n in ("python3", "python")
+                  if exe.with_name(n) != exe and exe.with_name(n).exists() and exe.with_name(n).samefile(exe)), None)
+    if other is None:
+        pytest.skip(f"no python/python3 beside {exe} that is the same interpreter")
+    argv = [str(other), *command(env, "-n", TARGET)[1:]]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_warmup_order_trains_round_1_on_its_own_warmup_segmenter(env, tmp_path):
     """uda.bdl.round_labels: warmup (BDL's Algorithm 1): round 1 first trains a warm-up segmenter without
     labels on round 1's source, and round 1 starts from it and trains on its labels, not round 0's."""

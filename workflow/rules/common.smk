@@ -76,7 +76,7 @@ try:
 except wfc.ConfigError as err:
     _stop(err)
 
-PYTHON = config["python"] or sys.executable
+PYTHON = wfc.job_interpreter(config["python"], sys.executable)  # one spelling: python / python3
 # (shell.prefix is formatted like a shell command: braces doubled)
 SHELL_PREFIX = "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(shlex.quote(str(REPO)))
 RESUMABLE = str(REPO / "workflow" / "scripts" / "resumable.py")

@@ -686,7 +686,8 @@ def html_page(pair: str, seeds: Sequence[str], class_note: str, summary: pd.Data
               class_names: Sequence[str], deltas: pd.DataFrame, plot_png: bytes,
               heatmaps: Sequence[tuple[str, bytes]], frame: pd.DataFrame, gaps: pd.DataFrame | None = None) -> str:
     """One self-contained page: figure, summary, translator-vs-raw-source table, per-class IoU table,
-    best-round confusion heat maps (PNG embedded as base64) and every seed's rounds."""
+    where the gap is closed per class (``gaps``, when given), best-round confusion heat maps (PNG
+    embedded as base64) and every seed's rounds."""
     esc = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(pair)}: method comparison</title>"
              f"<style>{_CSS}</style></head><body>",

@@ -96,6 +96,28 @@ def pair_file_names(config: dict, workdir: Path, repo: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
 
 
+def job_interpreter(configured: str | None, executable: str) -> str:
+    """The interpreter the jobs run (config key ``python``; None: ``executable``, the one running
+    Snakemake), spelled the same however Snakemake was started.
+
+    Every job records it in its params, and Snakemake reruns a job whose params changed: started as
+    ``snakemake`` (the entry script's ``.../bin/python3``) and then as ``python -m snakemake``
+    (``make bench``: ``.../bin/python``), a finished workflow reran from its data on. So a
+    ``python`` beside ``executable`` that is the same file is used instead (a virtual environment's
+    ``python``/``python3``); a configured interpreter is taken as written.
+    """
+    if configured:
+        return configured
+    exe = Path(executable)
+    plain = exe.with_name("python")
+    try:
+        if plain != exe and plain.exists() and plain.samefile(exe):
+            return str(plain)
+    except OSError:
+        pass
+    return str(exe)
+
+
 def debug_requested(env: dict | None = None) -> bool:
     """``SEMST_DEBUG`` set: config errors show Snakemake's full report, not one message (domains/errors.py)."""
     from domains.errors import debug_enabled
