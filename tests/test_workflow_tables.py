@@ -142,6 +142,30 @@ def test_published_numbers_are_filtered_converted_and_labelled():
         wft.load_published(["config/published/nope.csv"], None, REPO)
 
 
+def test_published_gap_closed_uses_the_source_only_row_of_the_same_task_and_backbone():
+    frame = pd.DataFrame({
+        "task": ["A", "A", "A", "A", "B"], "backbone": ["R", "R", "V", "V", "R"],
+        "uda": ["source_only", "bdl", "source_only", "bdl", "bdl"],
+        "mIoU": [30.0, 45.0, 20.0, 10.0, 50.0], "oracle_mIoU": [60.0, None, 40.0, 99.0, None],
+        "file": ["f.csv"] * 5})
+    out = wft.published_gap_closed(frame)
+    assert out["gap_closed"].tolist()[:4] == pytest.approx([0.0, 50.0, 0.0, -50.0])   # the row's own oracle unused
+    assert np.isnan(out.loc[4, "gap_closed"]) and out.loc[4, "gap_reference"] == ""  # no reference for task B
+    assert out.loc[1, "gap_reference"] == "source-only 30 (f.csv), oracle 60"
+    assert "gap_closed" not in wft.published_gap_closed(frame.drop(columns="oracle_mIoU"))
+    with pytest.raises(wft.TablesConfigError, match="2 source-only rows for A / R"):
+        wft.published_gap_closed(pd.concat([frame, frame.iloc[:1]], ignore_index=True))
+
+
+def test_published_gap_closed_of_the_shipped_tables():
+    pub = wft.published_gap_closed(wft.load_published(
+        ["config/published/semst_table2.csv", "config/published/ldr_table1.csv"], "GTA5->Cityscapes", REPO))
+    gap = {(r.method, r.backbone): r.gap_closed for r in pub.itertuples()}
+    # (60.1 - 36.6) / (65.1 - 36.6): the seed paper's best row, the "82 %"
+    assert gap[("SePiCo +SemST", "DeepLab-V2 ResNet-101")] == pytest.approx(82.46, abs=0.01)
+    assert gap[("BDL", "FCN-8s VGG16")] == pytest.approx(100 * (41.3 - 17.9) / (64.6 - 17.9))
+
+
 # ----------------------------------------------------------------------------------- snakemake
 
 def snakemake(workdir: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -211,4 +235,5 @@ def test_table_rules_write_tables_heatmaps_and_published(workdir):
     log = (workdir / "logs" / "minicity" / "tables" / "uda_table.log").read_text()
     assert "proda" in log and "planned" in log
     upub = pd.read_csv(workdir / "results" / "minicity_uda_published.csv")
-    assert set(upub["task"]) == {"GTA5->Cityscapes"} and len(upub) == 6
+    assert set(upub["task"]) == {"GTA5->Cityscapes"} and len(upub) == 6 + 7   # SemST Table 2 + LDR Table 1
+    assert upub["gap_closed"].notna().all()   # every GTA5->Cityscapes row has its backbone's references

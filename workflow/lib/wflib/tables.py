@@ -280,6 +280,35 @@ def load_published(paths: Sequence[str | os.PathLike], task: str | None, base: P
     return out.drop(columns=empty)   # metrics of other tasks (class columns stay: '-' = not evaluated)
 
 
+def published_gap_closed(published: pd.DataFrame) -> pd.DataFrame:
+    """``published`` with ``gap_closed`` (%) and ``gap_reference`` columns: the share of the
+    source-only -> oracle gap each row closes, (mIoU - source-only) / (oracle - source-only), the
+    figure the comparison page gives our rows (wflib.compare).
+
+    The references of a row are the published ``source_only`` row of the same ``task`` and
+    ``backbone`` (any loaded file) and that row's ``oracle_mIoU``: one reference pair per backbone,
+    as on our pages, even where a paper prints another oracle beside other rows (LDR's Table 1 does
+    for VGG16). Rows without such a reference keep NaN (frames without those columns come back unchanged); a task/backbone with two source-only rows
+    is ambiguous and raises."""
+    needed = {"task", "uda", "backbone", "mIoU", "oracle_mIoU"}
+    if published.empty or not needed <= set(published.columns):
+        return published   # e.g. translation tables: nothing to compute, no empty columns added
+    out = published.copy()
+    out["gap_closed"] = np.nan
+    out["gap_reference"] = ""
+    refs = out[(out["uda"] == "source_only") & out["mIoU"].notna() & out["oracle_mIoU"].notna()]
+    for (task, backbone), group in refs.groupby(["task", "backbone"]):
+        if len(group) > 1:
+            raise TablesConfigError(f"published numbers: {len(group)} source-only rows for {task} / {backbone} "
+                                    f"(files {sorted(set(group['file']))}); keep one per task and backbone")
+        ref = group.iloc[0]
+        so, oracle = float(ref["mIoU"]), float(ref["oracle_mIoU"])
+        rows = (out["task"] == task) & (out["backbone"] == backbone)
+        out.loc[rows, "gap_closed"] = 100.0 * (out.loc[rows, "mIoU"] - so) / (oracle - so)
+        out.loc[rows, "gap_reference"] = f"source-only {so:g} ({ref['file']}), oracle {oracle:g}"
+    return out
+
+
 def published_view(published: pd.DataFrame, pair: str, task: str | None, same_dataset: bool) -> pd.DataFrame:
     """Label published rows so nobody reads them as ours: a ``dataset`` column and a caveat."""
     if published.empty:
@@ -295,7 +324,7 @@ def published_view(published: pd.DataFrame, pair: str, task: str | None, same_da
 def write_published(pub: dict, pair: str, path: str | os.PathLike) -> int:
     """Write the labelled published rows shown beside ``pair``'s table (``pub``: the rule's params);
     a one-row caveat when none exist for the task. Returns the number of published rows."""
-    published = load_published(pub["files"], pub["task"], Path(pub["repo"]))
+    published = published_gap_closed(load_published(pub["files"], pub["task"], Path(pub["repo"])))
     view = published_view(published, pair, pub["task"], pub["same_dataset"])
     if view.empty:
         view = pd.DataFrame({"shown_for_pair": [pair],
@@ -305,5 +334,5 @@ def write_published(pub: dict, pair: str, path: str | os.PathLike) -> int:
 
 
 __all__ = ["DEFAULTS", "TablesConfigError", "best_row", "class_flows", "distortion", "distortion_summary",
-           "load_published", "published_view", "table_settings", "translation_plan", "translation_row",
+           "load_published", "published_gap_closed", "published_view", "table_settings", "translation_plan", "translation_row",
            "translation_table", "uda_plan", "uda_table", "write_csv_atomic", "write_published"]
