@@ -38,7 +38,7 @@ def test_train_command_forms():
         "srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 py -m segmenters train --launcher slurm")
     # the translator rules use the same function
     assert wfd.train_command("py", "translators", 2).endswith("-m translators train --launcher pytorch")
-    assert wfd.train_command("my env/python", "segmenters") == "'my env/python' -m segmenters train"
+    assert wfd.train_command('"$UDA_PYTHON"', "segmenters") == '"$UDA_PYTHON" -m segmenters train'  # a shell word
     with pytest.raises(wfd.DistConfigError, match="several nodes need SLURM"):
         wfd.train_command("py", "segmenters", 2, 2, wfd.LOCAL)
     with pytest.raises(wfd.DistConfigError, match="launch mode"):
@@ -153,7 +153,7 @@ def test_dry_run_shows_torchrun_for_gpus_2(tmp_path):
                      "results/runs/minicity/proda_none/r0/final.pth")
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
-    torchrun = (" -- " + sys.executable + " -m torch.distributed.run --standalone --nproc_per_node 2"
+    torchrun = (' -- "$UDA_PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2'   # the prefix's variable
                 " -m segmenters train --launcher pytorch --arch deeplabv2")
     lines = [line for line in text.splitlines() if " -m segmenters train " in line]
     assert len(lines) == 2 and all(torchrun in line for line in lines), text[-3000:]
@@ -164,13 +164,13 @@ def test_dry_run_shows_torchrun_for_gpus_2(tmp_path):
     tr = _snakemake(tmp_path, _config(tmp_path, {}, {"gpus": 2}), "-n", "-p", "--forceall",
                     "results/runs/minicity/semst/r0/final.pt")
     assert tr.returncode == 0, (tr.stdout + tr.stderr)[-3000:]
-    assert (" -- " + sys.executable + " -m torch.distributed.run --standalone --nproc_per_node 2"
+    assert (' -- "$UDA_PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2'
             " -m translators train --launcher pytorch --config") in tr.stdout + tr.stderr
 
     one = _snakemake(tmp_path, _config(tmp_path, {"gpus": 1}), "-n", "-p", "--forceall",
                      "results/runs/minicity/source_only_none/r0/final.pth")
     assert one.returncode == 0, one.stderr[-2000:]
-    assert f" -- {sys.executable} -m segmenters train --arch" in one.stdout + one.stderr
+    assert ' -- "$UDA_PYTHON" -m segmenters train --arch' in one.stdout + one.stderr
     assert "torch.distributed.run" not in one.stdout + one.stderr and "mpi=" not in one.stdout + one.stderr
 
 

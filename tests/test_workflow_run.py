@@ -153,6 +153,18 @@ def test_other_spelling_of_the_interpreter_reruns_nothing(env):
     assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
 
 
+def test_a_copy_of_the_workflow_at_another_path_reruns_nothing(env, tmp_path):
+    """The finished DAG, planned from a copy of the repository at another path (a moved checkout, a
+    clone), plans nothing: no job's params or shell template holds a path of this machine (the
+    interpreter, the launcher and the repository are the shell prefix's variables, workflow/rules/common.smk)."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(env["copy"], moved, ignore=shutil.ignore_patterns("__pycache__"))
+    argv = command(env, "-n", TARGET)
+    argv[argv.index("--snakefile") + 1] = str(moved / "Snakefile")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_warmup_order_trains_round_1_on_its_own_warmup_segmenter(env, tmp_path):
     """uda.bdl.round_labels: warmup (BDL's Algorithm 1): round 1 first trains a warm-up segmenter without
     labels on round 1's source, and round 1 starts from it and trains on its labels, not round 0's."""

@@ -22,20 +22,22 @@ from wflib import stage_defaults  # noqa: E402
 from wflib import stages as wfs  # noqa: E402
 from wflib.stages import MethodStages, PseudoStage, Rounds, StageError, TrainStage  # noqa: E402
 
-# the templates the rules had before they were written once (proda.smk, segment.smk, translate.smk)
-LAUNCH = ("{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
+# the rules' templates, pinned: a change reruns every such job of an existing working dir. Written once
+# from the rules' earlier text (proda.smk, segment.smk, translate.smk); since session 18 the interpreter
+# and the launcher are the shell prefix's variables, not params (no path of the machine in a template)
+LAUNCH = ('"$UDA_PYTHON" "$UDA_LAUNCHER" --run-dir {params.out} {params.state} --key {params.code}'
           " --key-input {input} --")
 SEGMENTER_TRAIN = (LAUNCH + " {params.train} --arch {params.arch} --preset {params.preset} --uda {wildcards.uda}"
                    " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags} > {log} 2>&1")
 PRODA_TRAIN = SEGMENTER_TRAIN.replace("--uda {wildcards.uda}", "--uda {params.uda}")
-TRANSLATOR_R0 = (LAUNCH + " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
+TRANSLATOR_R0 = (LAUNCH + ' {params.train} --config "$UDA_REPO"/{params.config} --source {input.src} --target {input.tgt}'
                  " --out {params.out} --no-progress {params.guide} {params.flags} > {log} 2>&1")
-TRANSLATOR_FINETUNE = (LAUNCH + " {params.train} --config {input.config} --source {input.src} --target {input.tgt}"
+TRANSLATOR_FINETUNE = (LAUNCH + ' {params.train} --config "$UDA_REPO"/{params.config} --source {input.src} --target {input.tgt}'
                        " --out {params.out} --init {input.prev} --feedback-segmenter {input.segmenter} --no-progress"
                        " {params.flags} > {log} 2>&1")
-PROTOTYPES = ("{params.python} -m segmenters prototypes --checkpoint {input.segmenter} --target {input.tgt}"
+PROTOTYPES = ('"$UDA_PYTHON" -m segmenters prototypes --checkpoint {input.segmenter} --target {input.tgt}'
               " --split {params.split} --out {params.out} > {log} 2>&1")
-PSEUDOLABEL = ("{params.python} -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}"
+PSEUDOLABEL = ('"$UDA_PYTHON" -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}'
                " --split {params.split} --rule fixed --threshold {params.threshold} --out {params.out} > {log} 2>&1")
 
 

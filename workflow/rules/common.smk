@@ -77,9 +77,14 @@ except wfc.ConfigError as err:
     _stop(err)
 
 PYTHON = wfc.job_interpreter(config["python"], sys.executable)  # one spelling: python / python3
-# (shell.prefix is formatted like a shell command: braces doubled)
-SHELL_PREFIX = "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(shlex.quote(str(REPO)))
 RESUMABLE = str(REPO / "workflow" / "scripts" / "resumable.py")
+# Where the interpreter, the launcher and the repository live is this machine's business: it goes
+# into the shell prefix as shell variables ($UDA_REPO, $UDA_PYTHON, $UDA_LAUNCHER; wflib.rule_parts), never into a
+# job's params or shell template, which Snakemake records and compares, so a clone at another path,
+# another spelling of the interpreter or another venv reruns nothing (docs/pipeline.md, "Reruns after
+# code changes"). (shell.prefix is formatted like a shell command: braces doubled.)
+SHELL_PREFIX = ("set -euo pipefail; export PYTHONPATH={0}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+                "UDA_REPO={0}; UDA_PYTHON={1}; UDA_LAUNCHER={2}; ").format(*(shlex.quote(str(v)) for v in (REPO, PYTHON, RESUMABLE)))
 
 # Hash of the package sources each stage runs (docs/design.md §3.9): a change in translators/
 # reruns translator training, refinement and everything downstream, never data preparation.
@@ -192,14 +197,16 @@ def guide_segmenter(pair, translator):
 
 
 def translator_config_file(pair, translator):
-    """translators/configs/<method>_<preset>.yaml (checked at DAG build, not mid-run)."""
+    """Param `config`: translators/configs/<method>_<preset>.yaml relative to the repository (checked at
+    DAG build, not mid-run); the job reads it as "$UDA_REPO"/<it>. Not an input: an input holds its
+    path, which differs in every clone, and the file's content is already in the translator's code hash."""
     t = translator_cfg(translator)
     path = wfv.translator_config_path(REPO, t["method"], preset_of(pair))
     if not path.is_file():
         raise WorkflowError(f"Config error: translator '{translator}' (config key 'translators.{translator}.method' = "
                             f"{t['method']!r}) at preset {preset_of(pair)!r} (config key 'pairs.{pair}.preset') needs "
                             f"{path}, which does not exist")
-    return str(path)
+    return path.relative_to(REPO).as_posix()
 
 
 # ---------------------------------------------------------------- resources
@@ -253,7 +260,7 @@ def train_command(group, package):
         plugin = workflow.executor_plugin
         mode = wfd.launch_mode(plugin.name if plugin is not None else None, gpus, nodes, os.environ)
         try:
-            return wfd.train_command(PYTHON, package, gpus, nodes, mode,
+            return wfd.train_command(wfr.PYTHON_WORD, package, gpus, nodes, mode,
                                      cpus_per_task=_res(group, _preset_of_wildcards(wc))["threads"])
         except wfd.DistConfigError as err:
             raise _config_error(err)
@@ -286,10 +293,10 @@ def run_dir(wc, output):
 
 def training_params(group, package, state):
     """The `params` every training job gives the resumable launcher (wflib.rule_parts.resumable_shell),
-    that is the interpreter, the launcher, the training command (or its torchrun / srun form), the resume
-    state files and the run folder; each training job adds its own (`code`, `flags`, ...) after them."""
-    return {"python": PYTHON, "launcher": RESUMABLE, "train": train_command(group, package), "state": state,
-            "out": run_dir}
+    that is the training command (or its torchrun / srun form), the resume state files and the run
+    folder; each training job adds its own (`code`, `flags`, ...) after them. The interpreter and the
+    launcher are the shell prefix's variables, not params (SHELL_PREFIX)."""
+    return {"train": train_command(group, package), "state": state, "out": run_dir}
 
 
 def segmenter_params():
@@ -389,7 +396,7 @@ def translator_r0_input(wc):
     if not has_translator(wc.translator):
         raise WorkflowError("translator 'none' has no training job")
     src, tgt = translation_domains(wc.pair, wc.translator)
-    inputs = {"src": src, "tgt": tgt, "config": translator_config_file(wc.pair, wc.translator)}
+    inputs = {"src": src, "tgt": tgt}
     guide = guide_segmenter(wc.pair, wc.translator)
     if guide:
         inputs["guide"] = guide
@@ -414,7 +421,7 @@ def translator_round_input(wc):
             else f"results/runs/{wc.pair}/{wc.uda}_{wc.translator}/r{k - 1}/translator/final.pt")
     src, tgt = translation_domains(wc.pair, wc.translator)
     return {"prev": prev, "segmenter": segmenter_ckpt(wc.pair, wc.uda, wc.translator, k - 1),
-            "src": src, "tgt": tgt, "config": translator_config_file(wc.pair, wc.translator)}
+            "src": src, "tgt": tgt}
 
 
 def segmenter_input(wc, warmup=False):
@@ -830,8 +837,7 @@ def uda_table_input(wc):
 
 def published_params(wc, kind):
     p = tables_settings(wc.pair)["published"]
-    return {"files": [str(f) for f in p[kind]], "task": p["task"], "same_dataset": bool(p["same_dataset"]),
-            "repo": str(REPO)}
+    return {"files": [str(f) for f in p[kind]], "task": p["task"], "same_dataset": bool(p["same_dataset"])}
 
 
 # ---------------------------------------------------------------- method comparison (compare.smk)

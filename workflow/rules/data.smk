@@ -6,7 +6,6 @@ rule minicity:
     output:
         directory("data/raw/{mc}"),
     params:
-        python=PYTHON,
         args=minicity_args,
         code=CODE["data"],
     threads: threads_for("minicity")
@@ -20,7 +19,7 @@ rule minicity:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m domains.minicity --out {output} {params.args} --workers {threads} --no-progress"
+        '"$UDA_PYTHON" -m domains.minicity --out {output} {params.args} --workers {threads} --no-progress'
         " > {log} 2>&1"
 
 
@@ -31,7 +30,6 @@ rule prepare:
     output:
         directory("data/prepared/{dataset}"),
     params:
-        python=PYTHON,
         format=lambda wc: DATASETS[wc.dataset]["format"],
         raw=lambda wc: DATASETS[wc.dataset]["raw"],
         code=CODE["data"],
@@ -46,5 +44,5 @@ rule prepare:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m domains prepare --dataset {params.format} --raw {params.raw} --out {output}"
+        '"$UDA_PYTHON" -m domains prepare --dataset {params.format} --raw {params.raw} --out {output}'
         " --workers {threads} > {log} 2>&1"

@@ -9,7 +9,6 @@ checkpoint evaluate:
         csv="results/{pair}/{uda}_{translator}/r{k}.csv",
         confusion="results/{pair}/{uda}_{translator}/r{k}.confusion.npy",
     params:
-        python=PYTHON,
         split=lambda wc: pair_cfg(wc.pair)["evaluate"]["split"],
         class_set=lambda wc: pair_cfg(wc.pair)["evaluate"]["class_set"],
         code=CODE["segment"],
@@ -24,6 +23,6 @@ checkpoint evaluate:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m segmenters evaluate --checkpoint {input.segmenter} --target {input.tgt}"
+        '"$UDA_PYTHON" -m segmenters evaluate --checkpoint {input.segmenter} --target {input.tgt}'
         " --split {params.split} --class-set {params.class_set} --round {wildcards.k} --out {output.csv}"
         " > {log} 2>&1"

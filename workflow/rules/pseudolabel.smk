@@ -10,7 +10,6 @@ rule pseudolabel:
     output:
         wfs.PSEUDO,
     params:
-        python=PYTHON,
         out=lambda wc, output: os.path.dirname(output[0]),
         flags=pseudolabel_flags,
         code=CODE["segment"],
@@ -25,7 +24,7 @@ rule pseudolabel:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}"
+        '"$UDA_PYTHON" -m segmenters pseudolabel --checkpoint {input.segmenter} --target {input.tgt}'
         " --out {params.out} {params.flags} > {log} 2>&1"
 
 

@@ -10,7 +10,6 @@ rule refine:
     output:
         "data/refined/{pair}/{translator}/r0/manifest.json",
     params:
-        python=PYTHON,
         out=lambda wc, output: os.path.dirname(output[0]),
         code=CODE["refine"],
     threads: threads_for("refine")
@@ -24,7 +23,7 @@ rule refine:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m translators refine --checkpoint {input.checkpoint} --source {input.src} --split train"
+        '"$UDA_PYTHON" -m translators refine --checkpoint {input.checkpoint} --source {input.src} --split train'
         " --out {params.out} --no-progress > {log} 2>&1"
 
 
@@ -36,7 +35,6 @@ rule refine_round:
     output:
         "data/refined/{pair}/{uda}_{translator}/r{k}/manifest.json",
     params:
-        python=PYTHON,
         out=lambda wc, output: os.path.dirname(output[0]),
         code=CODE["refine"],
     threads: threads_for("refine")
@@ -50,5 +48,5 @@ rule refine_round:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m translators refine --checkpoint {input.checkpoint} --source {input.src} --split train"
+        '"$UDA_PYTHON" -m translators refine --checkpoint {input.checkpoint} --source {input.src} --split train'
         " --out {params.out} --no-progress > {log} 2>&1"

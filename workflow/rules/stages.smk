@@ -57,7 +57,6 @@ for _method in wfs.METHODS.values():
                 wildcard_constraints:
                     **_stage.rounds.constraints,
                 params:
-                    python=PYTHON,
                     out=run_dir,
                     split=lambda wc: pair_cfg(wc.pair)["pseudolabel"]["split"],
                     **wfs.stage_values(_method, _stage, STAGE_VALUES[_method.uda]),

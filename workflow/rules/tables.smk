@@ -25,7 +25,6 @@ rule translation_fcn:
         csv="results/{pair}/translation/{translator}/fcn.csv",
         confusion="results/{pair}/translation/{translator}/fcn.confusion.npy",
     params:
-        python=PYTHON,
         flags=translation_fcn_flags,
         code=metrics_code(),
     threads: threads_for("evaluate")
@@ -39,7 +38,7 @@ rule translation_fcn:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m translators.metrics fcn-score --segmenter {input.segmenter} --source {input.src}"
+        '"$UDA_PYTHON" -m translators.metrics fcn-score --segmenter {input.segmenter} --source {input.src}'
         " {params.flags} --out {output.csv} > {log} 2>&1"
 
 
@@ -78,7 +77,6 @@ rule translation_fid:
     output:
         "results/{pair}/translation/{translator}/fid.csv",
     params:
-        python=PYTHON,
         flags=translation_fid_flags,
         code=metrics_code(),
     threads: threads_for("evaluate")
@@ -92,7 +90,7 @@ rule translation_fid:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m translators.metrics fid --inception-weights {input.weights} {params.flags}"
+        '"$UDA_PYTHON" -m translators.metrics fid --inception-weights {input.weights} {params.flags}'
         " --out {output} > {log} 2>&1"
 
 

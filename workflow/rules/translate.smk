@@ -14,6 +14,7 @@ rule translator_train:
         "results/runs/{pair}/{translator}/r0/final.pt",
     params:
         **training_params("translate", "translators", TRANSLATOR_STATE),
+        config=lambda wc: translator_config_file(wc.pair, wc.translator),
         flags=lambda wc: translator_flags(wc, 0),
         guide=translator_guide_flags,
         code=translator_r0_code,
@@ -38,6 +39,7 @@ rule translator_finetune:
         "results/runs/{pair}/{uda}_{translator}/r{k}/translator/final.pt",
     params:
         **training_params("translate", "translators", TRANSLATOR_STATE),
+        config=lambda wc: translator_config_file(wc.pair, wc.translator),
         flags=lambda wc: translator_flags(wc, int(wc.k)),
         code=CODE["translate_feedback"],
     threads: threads_for("translate")

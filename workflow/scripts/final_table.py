@@ -10,7 +10,7 @@ if "snakemake" not in globals():  # run by hand: --help only (Snakemake runs it 
     sys.exit(snakemake_only(__doc__, "final_table.py", "final_table", "results/minicity_bdl_semst.csv"))
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821  (the repository: domains)
 
 from wflib.figures import miou_plot  # noqa: E402
 from wflib.pipeline_config import parse_combo  # noqa: E402

@@ -16,7 +16,7 @@ if "snakemake" not in globals():  # run by hand: --help only (Snakemake runs it 
 
     sys.exit(snakemake_only(__doc__, "round_plan.py", "round_plan", "results/minicity/bdl_semst/rounds.json"))
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821  (the repository: domains)
 
 from domains.io import atomic_write_text  # noqa: E402
 

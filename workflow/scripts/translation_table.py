@@ -16,7 +16,7 @@ if "snakemake" not in globals():  # run by hand: --help only (Snakemake runs it 
     sys.exit(snakemake_only(__doc__, "translation_table.py", "translation_distortion, translation_table", "results/minicity_translation_table.csv"))
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains, translators)
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821  (the repository: domains, translators)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -74,7 +74,8 @@ def table_job() -> None:
     wft.write_csv_atomic(table, sm.output.table)
     for note in sm.params.notes:
         log.info("note: %s", note)
-    n_published = wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published)
+    n_published = wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published,
+                                       Path(sm.scriptdir).resolve().parents[1])
     log.info("wrote %s (%d translators) and %s (%d published rows)", sm.output.table, len(table),
              sm.output.published, n_published)
 

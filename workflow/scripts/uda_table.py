@@ -11,7 +11,7 @@ if "snakemake" not in globals():  # run by hand: --help only (Snakemake runs it 
     sys.exit(snakemake_only(__doc__, "uda_table.py", "uda_table", "results/minicity_uda_table.csv"))
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  (the repository: domains)
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821  (the repository: domains)
 
 
 from domains.labels import CLASSES  # noqa: E402
@@ -28,5 +28,5 @@ if int(sm.params.class_set) == 19:
 wft.write_csv_atomic(table, sm.output.table)
 for note in sm.params.notes:
     log.info("note: %s", note)
-wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published)
+wft.write_published(sm.params.published, sm.wildcards.pair, sm.output.published, Path(sm.scriptdir).resolve().parents[1])
 log.info("wrote %s (%d rows) and %s", sm.output.table, len(table), sm.output.published)

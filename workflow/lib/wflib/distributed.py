@@ -75,7 +75,10 @@ def processes(spec: Mapping[str, Any], where: str = "resources") -> tuple[int, i
 
 def train_command(python: str, package: str, gpus: int = 1, nodes: int = 1, mode: str = LOCAL,
                   cpus_per_task: int | None = None) -> str:
-    """Shell words that start ``<package> train`` with ``gpus x nodes`` processes (module docstring);
+    """Shell words that start ``<package> train`` with ``gpus x nodes`` processes (module docstring).
+    ``python``: the interpreter as one shell word, quoted by the caller (the workflow passes
+    ``"$UDA_PYTHON"``, a variable of its shell prefix, so that no path of this machine enters the
+    params Snakemake compares);
     ``cpus_per_task``: CPUs of each srun task (the rule's ``threads``, which the allocation gave each
     task: the nested srun inherits no ``--cpus-per-task``, and the SLURM executor's job environment
     has no ``SLURM_CPUS_PER_TASK`` to read it from).
@@ -89,13 +92,13 @@ def train_command(python: str, package: str, gpus: int = 1, nodes: int = 1, mode
         raise DistConfigError(f"launch mode must be {LOCAL!r} or {SLURM!r}, got {mode!r}")
     if gpus < 1 or nodes < 1:
         raise DistConfigError(f"gpus and nodes must be >= 1, got gpus={gpus}, nodes={nodes}")
-    entry = f"{shlex.quote(python)} -m {shlex.quote(package)} train"
+    entry = f"{python} -m {shlex.quote(package)} train"
     if gpus * nodes == 1:
         return entry
     if mode == LOCAL:
         if nodes > 1:
             raise DistConfigError(f"nodes={nodes}: several nodes need SLURM (run with --profile profiles/slurm)")
-        return (f"{shlex.quote(python)} -m torch.distributed.run --standalone --nproc_per_node {gpus} "
+        return (f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus} "
                 f"-m {shlex.quote(package)} train --launcher pytorch")
     cpus = f" --cpus-per-task={int(cpus_per_task)}" if cpus_per_task else ""
     return f"srun --nodes={nodes} --ntasks-per-node={gpus} --kill-on-bad-exit=1{cpus} {entry} --launcher slurm"

@@ -13,15 +13,20 @@ pins them.
 """
 from __future__ import annotations
 
+#: the job's interpreter and the launcher as shell words: variables that the workflow's shell prefix
+#: sets (workflow/rules/common.smk, SHELL_PREFIX), so that no template or param holds a path of this
+#: machine (Snakemake reruns a job whose params or template changed; a moved clone must not)
+PYTHON_WORD = '"$UDA_PYTHON"'
+LAUNCHER_WORD = '"$UDA_LAUNCHER"'
 #: the launcher part of every training command: run folder, resume state files, run key (code hash and
 #: the job's inputs), then the training command after ``--``
-RESUMABLE_LAUNCH = ("{params.python} {params.launcher} --run-dir {params.out} {params.state} --key {params.code}"
+RESUMABLE_LAUNCH = (f"{PYTHON_WORD} {LAUNCHER_WORD} --run-dir {{params.out}} {{params.state}} --key {{params.code}}"
                     " --key-input {input} --")
 #: ``segmenters train`` of one round; ``{uda}`` is the field that holds the --uda name
 SEGMENTER_TRAIN = ("{params.train} --arch {params.arch} --preset {params.preset} --uda {uda}"
                    " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags}")
 #: ``translators train`` (the options both rounds share)
-TRANSLATOR_TRAIN = "{params.train} --config {input.config} --source {input.src} --target {input.tgt} --out {params.out}"
+TRANSLATOR_TRAIN = '{params.train} --config "$UDA_REPO"/{params.config} --source {input.src} --target {input.tgt} --out {params.out}'
 
 
 def resumable_shell(command: str) -> str:
@@ -50,5 +55,5 @@ def benchmark_file(group: str, name: str) -> str:
     return f"results/benchmarks/{{pair}}/{group}/{name}.tsv"
 
 
-__all__ = ["RESUMABLE_LAUNCH", "SEGMENTER_TRAIN", "TRANSLATOR_TRAIN", "benchmark_file", "log_file", "resumable_shell",
+__all__ = ["LAUNCHER_WORD", "PYTHON_WORD", "RESUMABLE_LAUNCH", "SEGMENTER_TRAIN", "TRANSLATOR_TRAIN", "benchmark_file", "log_file", "resumable_shell",
            "segmenter_train_shell", "translator_train_shell"]

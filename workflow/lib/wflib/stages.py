@@ -291,7 +291,7 @@ def stage_title(method: MethodStages, k: int, values: Mapping[str, Any]) -> str:
 #: ``stage_args``: :func:`pseudo_params`) because Snakemake evaluates a rule's ``shell:`` expression
 #: again when the job runs, after stages.smk's loop has moved on: a template built from the loop
 #: variable would run the last stage's command (tests/test_workflow_stages.py guards this).
-PSEUDO_SHELL = ("{params.python} -m segmenters {params.command} --checkpoint {input.segmenter} --target {input.tgt}"
+PSEUDO_SHELL = ('"$UDA_PYTHON" -m segmenters {params.command} --checkpoint {input.segmenter} --target {input.tgt}'
                 " --split {params.split}{params.stage_args} --out {params.out} > {log} 2>&1")
 
 

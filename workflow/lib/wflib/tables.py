@@ -321,10 +321,12 @@ def published_view(published: pd.DataFrame, pair: str, task: str | None, same_da
     return out
 
 
-def write_published(pub: dict, pair: str, path: str | os.PathLike) -> int:
-    """Write the labelled published rows shown beside ``pair``'s table (``pub``: the rule's params);
-    a one-row caveat when none exist for the task. Returns the number of published rows."""
-    published = published_gap_closed(load_published(pub["files"], pub["task"], Path(pub["repo"])))
+def write_published(pub: dict, pair: str, path: str | os.PathLike, repo: str | os.PathLike) -> int:
+    """Write the labelled published rows shown beside ``pair``'s table (``pub``: the rule's params; its
+    relative file names are under ``repo``, which the script finds from its own folder, so that no
+    path of this machine is a param); a one-row caveat when none exist for the task. Returns the
+    number of published rows."""
+    published = published_gap_closed(load_published(pub["files"], pub["task"], Path(repo)))
     view = published_view(published, pair, pub["task"], pub["same_dataset"])
     if view.empty:
         view = pd.DataFrame({"shown_for_pair": [pair],
