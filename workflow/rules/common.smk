@@ -79,12 +79,13 @@ except wfc.ConfigError as err:
 PYTHON = wfc.job_interpreter(config["python"], sys.executable)  # one spelling: python / python3
 RESUMABLE = str(REPO / "workflow" / "scripts" / "resumable.py")
 # Where the interpreter, the launcher and the repository live is this machine's business: it goes
-# into the shell prefix as shell variables ($UDA_REPO, $UDA_PYTHON, $UDA_LAUNCHER; wflib.rule_parts), never into a
-# job's params or shell template, which Snakemake records and compares, so a clone at another path,
-# another spelling of the interpreter or another venv reruns nothing (docs/pipeline.md, "Reruns after
-# code changes"). (shell.prefix is formatted like a shell command: braces doubled.)
+# into the shell prefix as shell variables ($UDA_REPO, $UDA_PYTHON, $UDA_LAUNCHER; wflib.rule_parts),
+# never into a job's params, inputs or shell template, which Snakemake records and compares, so a clone
+# at another path, another spelling of the interpreter or another venv reruns nothing (docs/pipeline.md,
+# "Reruns after code changes"). (shell.prefix is formatted like a shell command: braces doubled.)
 SHELL_PREFIX = ("set -euo pipefail; export PYTHONPATH={0}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-                "UDA_REPO={0}; UDA_PYTHON={1}; UDA_LAUNCHER={2}; ").format(*(shlex.quote(str(v)) for v in (REPO, PYTHON, RESUMABLE)))
+                "UDA_REPO={0}; UDA_PYTHON={1}; UDA_LAUNCHER={2}; ").format(
+                    *(shlex.quote(str(v)) for v in (REPO, PYTHON, RESUMABLE)))
 
 # Hash of the package sources each stage runs (docs/design.md §3.9): a change in translators/
 # reruns translator training, refinement and everything downstream, never data preparation.

@@ -26,7 +26,8 @@ RESUMABLE_LAUNCH = (f"{PYTHON_WORD} {LAUNCHER_WORD} --run-dir {{params.out}} {{p
 SEGMENTER_TRAIN = ("{params.train} --arch {params.arch} --preset {params.preset} --uda {uda}"
                    " --source {input.src} --target {input.tgt} --work-dir {params.out} {params.flags}")
 #: ``translators train`` (the options both rounds share)
-TRANSLATOR_TRAIN = '{params.train} --config "$UDA_REPO"/{params.config} --source {input.src} --target {input.tgt} --out {params.out}'
+TRANSLATOR_TRAIN = ('{params.train} --config "$UDA_REPO"/{params.config} --source {input.src} --target {input.tgt}'
+                    " --out {params.out}")
 
 
 def resumable_shell(command: str) -> str:
@@ -55,5 +56,5 @@ def benchmark_file(group: str, name: str) -> str:
     return f"results/benchmarks/{{pair}}/{group}/{name}.tsv"
 
 
-__all__ = ["LAUNCHER_WORD", "PYTHON_WORD", "RESUMABLE_LAUNCH", "SEGMENTER_TRAIN", "TRANSLATOR_TRAIN", "benchmark_file", "log_file", "resumable_shell",
-           "segmenter_train_shell", "translator_train_shell"]
+__all__ = ["LAUNCHER_WORD", "PYTHON_WORD", "RESUMABLE_LAUNCH", "SEGMENTER_TRAIN", "TRANSLATOR_TRAIN", "benchmark_file",
+           "log_file", "resumable_shell", "segmenter_train_shell", "translator_train_shell"]

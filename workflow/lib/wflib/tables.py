@@ -288,8 +288,8 @@ def published_gap_closed(published: pd.DataFrame) -> pd.DataFrame:
     The references of a row are the published ``source_only`` row of the same ``task`` and
     ``backbone`` (any loaded file) and that row's ``oracle_mIoU``: one reference pair per backbone,
     as on our pages, even where a paper prints another oracle beside other rows (LDR's Table 1 does
-    for VGG16). Rows without such a reference keep NaN (frames without those columns come back unchanged); a task/backbone with two source-only rows
-    is ambiguous and raises."""
+    for VGG16). Rows without such a reference keep NaN, frames without those columns come back
+    unchanged, and a task/backbone with two source-only rows is ambiguous and raises."""
     needed = {"task", "uda", "backbone", "mIoU", "oracle_mIoU"}
     if published.empty or not needed <= set(published.columns):
         return published   # e.g. translation tables: nothing to compute, no empty columns added
@@ -336,5 +336,5 @@ def write_published(pub: dict, pair: str, path: str | os.PathLike, repo: str | o
 
 
 __all__ = ["DEFAULTS", "TablesConfigError", "best_row", "class_flows", "distortion", "distortion_summary",
-           "load_published", "published_gap_closed", "published_view", "table_settings", "translation_plan", "translation_row",
-           "translation_table", "uda_plan", "uda_table", "write_csv_atomic", "write_published"]
+           "load_published", "published_gap_closed", "published_view", "table_settings", "translation_plan",
+           "translation_row", "translation_table", "uda_plan", "uda_table", "write_csv_atomic", "write_published"]
